@@ -1,0 +1,1 @@
+"""Rutter's edges: the API client and the webhook signature scheme."""

@@ -1,0 +1,5 @@
+"""Shared fixtures. Each helper module registers its fixtures here through pytest_plugins."""
+
+from __future__ import annotations
+
+pytest_plugins: list[str] = []
