@@ -49,6 +49,11 @@ class FakeClock:
         heapq.heappush(self._sleepers, (self._now + timedelta(seconds=seconds), next(self._seq), fut))
         await fut
 
+    @property
+    def waiting(self) -> int:
+        """How many sleepers wait for time to move."""
+        return sum(1 for _, _, fut in self._sleepers if not fut.done())
+
     def set(self, when: datetime) -> None:
         """Jump to `when` without waking anyone (for setting up a scenario)."""
         self._now = when

@@ -1,0 +1,310 @@
+"""Composition root: builds the daemon's parts from Settings and wires them into aiohttp applications. Long-lived
+resources (store, HTTP client session, scheduler, background tasks) are owned by Daemon and started in the main
+application's cleanup_ctx, so they close in reverse order after in-flight requests finished."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from prometheus_client import CollectorRegistry
+
+from monitor.api import AdminApi
+from monitor.clock import Clock, SystemClock
+from monitor.config import Settings, format_duration
+from monitor.fleet import Fleet
+from monitor.ingest import DedupeIndex, InboxWriter, WebhookEndpoint
+from monitor.lifecycle import LifecycleSettings
+from monitor.metrics import Metrics
+from monitor.poller import Poller, PollSettings, RutterApi
+from monitor.processor import Processor
+from monitor.ratelimit import SlidingWindowLimiter
+from monitor.recorder import Recorder
+from monitor.rutter.client import RutterClient
+from monitor.store import Store, StoreError
+from monitor.store.sql import open_store, redact_url
+
+log = structlog.get_logger()
+
+
+class Daemon:
+    """Every long-lived part of one running monitor."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        registry: CollectorRegistry | None = None,
+        rutter: RutterApi | None = None,
+        schedule: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self._rutter_override = rutter
+        self._schedule = schedule
+        self._tasks: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._scheduler: AsyncIOScheduler | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        log.info("store opening", url=redact_url(s.monitor_database_url))
+        self.store: Store = await open_store(s.monitor_database_url)
+        self.fleet = Fleet(await self.store.load_connections(include_deleted=True))
+        now = self.clock.now()
+        self.metrics.watch_fleet(self.fleet.snapshot, self.clock.now)
+        self.metrics.inventory_interval.set(s.monitor_inventory_interval.total_seconds())
+        for state in self.fleet.live():
+            self.metrics.ensure_platform(state.platform)
+        last = await self.store.last_inventory()
+        if last is not None:
+            self.metrics.last_inventory.set(last.timestamp())
+        dedupe = DedupeIndex(s.monitor_dedupe_window)
+        dedupe.seed(await self.store.dedupe_rows(now - s.monitor_dedupe_window))
+        self.dedupe = dedupe
+        self.recorder = Recorder(
+            self.store, self.fleet, self.metrics, LifecycleSettings(s.monitor_missed_webhook_grace)
+        )
+        self.limiter = SlidingWindowLimiter(s.monitor_rate_limit, 10.0, clock=self.clock)
+        self.metrics.rate_budget_used.set_function(self.limiter.used_ratio)
+        self.rutter = self._rutter_override or self._client()
+        self.processor = Processor(self.recorder, self.clock, self.rutter)
+        self.writer = InboxWriter(self.store, dedupe, self.metrics, on_commit=self.processor.wake)
+        self.webhooks = WebhookEndpoint(
+            self.writer,
+            self.metrics,
+            self.clock,
+            secrets=s.webhook_secrets(),
+            max_bytes=s.monitor_webhook_max_bytes,
+        )
+        self.poller = Poller(
+            self.rutter,
+            self.recorder,
+            self.clock,
+            PollSettings(
+                inventory_interval=s.monitor_inventory_interval,
+                status_interval=s.monitor_status_interval,
+                rate_limit=s.monitor_rate_limit,
+            ),
+        )
+        effective = self.poller.effective_status_interval(len(self.fleet))
+        if effective > s.monitor_status_interval:
+            log.warning(
+                "status interval stretched",
+                configured=format_duration(s.monitor_status_interval),
+                effective=format_duration(effective),
+                connections=len(self.fleet),
+                rate_limit=s.monitor_rate_limit,
+            )
+        self._tasks.append(asyncio.create_task(self.writer.run(), name="inbox-writer"))
+        self._tasks.append(asyncio.create_task(self.processor.run(), name="inbox-processor"))
+        if self._schedule:
+            self._start_scheduler()
+        log.info("daemon started", connections=len(self.fleet))
+
+    def _client(self) -> RutterClient:
+        s = self.settings
+        self._session = aiohttp.ClientSession()
+        secret = s.rutter_client_secret.get_secret_value() if s.rutter_client_secret else ""
+        return RutterClient(
+            self._session,
+            base_url=s.rutter_api_url,
+            client_id=s.rutter_client_id or "",
+            client_secret=secret,
+            api_version=s.rutter_api_version,
+            limiter=self.limiter,
+            observer=self.metrics.observe_api,
+            clock=self.clock,
+        )
+
+    def _start_scheduler(self) -> None:
+        s = self.settings
+        scheduler = AsyncIOScheduler(timezone="UTC")
+        common: dict[str, Any] = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
+        scheduler.add_job(
+            self.poller.inventory,
+            "interval",
+            seconds=s.monitor_inventory_interval.total_seconds(),
+            next_run_time=datetime.now().astimezone(),
+            id="inventory",
+            **common,
+        )
+        scheduler.add_job(
+            self.poller.refresh_statuses,
+            "interval",
+            seconds=self.poller.status_tick_seconds,
+            id="status",
+            **common,
+        )
+        scheduler.add_job(
+            self.prune, "interval", seconds=s.monitor_prune_interval.total_seconds(), id="prune", **common
+        )
+        scheduler.start()
+        self._scheduler = scheduler
+
+    async def prune(self) -> None:
+        """Drop processed inbox rows and history past their retention."""
+        now = self.clock.now()
+        self.dedupe.prune(now)
+        try:
+            inbox, history = await self.store.prune(
+                now - self.settings.monitor_inbox_retention, now - self.settings.monitor_history_retention
+            )
+        except StoreError as exc:
+            self.metrics.poll_runs.labels("prune", "error").inc()
+            log.warning("poll failed", task="prune", error="StoreError", detail=str(exc))
+            return
+        self.metrics.poll_runs.labels("prune", "success").inc()
+        log.info("pruned", inbox=inbox, transitions=history)
+
+    async def refresh_gauges(self) -> None:
+        """Update the scrape-time gauges that need the store; a store outage leaves the last values."""
+        try:
+            pending, oldest = await self.store.inbox_backlog()
+        except StoreError:
+            return
+        g = self.metrics.gauges
+        g.inbox_pending = pending
+        g.inbox_oldest_age_seconds = (
+            max(0.0, (self.clock.now() - oldest).total_seconds()) if oldest is not None else 0.0
+        )
+
+    async def readiness(self) -> tuple[bool, dict[str, str]]:
+        """Ready: the store answers and an inventory younger than two intervals exists (persisted ones count)."""
+        checks: dict[str, str] = {}
+        try:
+            await self.store.ping()
+            checks["store"] = "ok"
+            last = await self.store.last_inventory()
+        except StoreError:
+            checks["store"] = "unavailable"
+            return False, checks
+        limit = 2 * self.settings.monitor_inventory_interval
+        if last is None:
+            checks["inventory"] = "none yet"
+        elif self.clock.now() - last > limit:
+            checks["inventory"] = "stale"
+        else:
+            checks["inventory"] = "ok"
+        return all(v == "ok" for v in checks.values()), checks
+
+    def stalled_ids(self) -> frozenset[str]:
+        """Connections with a stall alert open (filled in by the alert engine)."""
+        return frozenset()
+
+    def open_alerts(self) -> list[dict[str, Any]]:
+        return []
+
+    async def stop(self) -> None:
+        """Stop taking work, finish what was acknowledged within the shutdown timeout, then close."""
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        self.writer.close()
+        timeout = self.settings.monitor_shutdown_timeout.total_seconds()
+        writer_task = self._tasks[0]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(writer_task), timeout)
+        try:
+            await asyncio.wait_for(self.processor.drain(), timeout)
+        except (TimeoutError, StoreError) as exc:
+            log.warning("shutdown left events unprocessed", error=type(exc).__name__)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+        await self.store.close()
+        log.info("daemon stopped", processed=self.processor.processed)
+
+
+@dataclass
+class Holder:
+    """Lets the admin application reach the daemon that the main application's cleanup_ctx starts."""
+
+    daemon: Daemon | None = None
+
+
+DAEMON = web.AppKey("daemon", Holder)
+
+
+def build_apps(daemon: Daemon) -> tuple[web.Application, web.Application | None]:
+    """The public application (webhooks, plus everything when no admin port is set) and the optional admin one."""
+    holder = Holder()
+    public = web.Application()
+    public[DAEMON] = holder
+
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        await daemon.start()
+        holder.daemon = daemon
+        yield
+        await daemon.stop()
+
+    public.cleanup_ctx.append(lifetime)
+
+    async def webhook(request: web.Request) -> web.Response:
+        return await daemon.webhooks.handle(request)
+
+    public.router.add_post("/webhooks/rutter", webhook)
+    admin_api = AdminApi(daemon)
+    if daemon.settings.monitor_admin_port is None:
+        public.add_routes(admin_api.routes())
+        return public, None
+    admin = web.Application()
+    admin[DAEMON] = holder
+    admin.add_routes(admin_api.routes())
+    return public, admin
+
+
+@dataclass
+class Running:
+    """A started daemon and its listeners."""
+
+    daemon: Daemon
+    runners: list[web.AppRunner]
+    url: str
+    admin_url: str
+
+    async def stop(self) -> None:
+        for runner in reversed(self.runners):
+            await runner.cleanup()
+
+
+async def start(daemon: Daemon, *, host: str | None = None, port: int | None = None) -> Running:
+    """Start the listeners (port 0 picks a free one) and the daemon behind them."""
+    s = daemon.settings
+    host = host or s.monitor_host
+    public, admin = build_apps(daemon)
+    timeout = s.monitor_shutdown_timeout.total_seconds()
+    runner = web.AppRunner(public, access_log=None, shutdown_timeout=timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, host, s.monitor_port if port is None else port)
+    await site.start()
+    runners = [runner]
+    url = _site_url(runner, host)
+    admin_url = url
+    if admin is not None:
+        admin_runner = web.AppRunner(admin, access_log=None, shutdown_timeout=timeout)
+        await admin_runner.setup()
+        await web.TCPSite(admin_runner, host, s.monitor_admin_port or 0).start()
+        runners.append(admin_runner)
+        admin_url = _site_url(admin_runner, host)
+    log.info("listening", url=url, admin_url=admin_url)
+    return Running(daemon, runners, url, admin_url)
+
+
+def _site_url(runner: web.AppRunner, host: str) -> str:
+    addresses = runner.addresses
+    port = addresses[0][1] if addresses else 0
+    shown = "127.0.0.1" if host in {"0.0.0.0", ""} else host
+    return f"http://{shown}:{port}"

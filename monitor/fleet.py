@@ -1,0 +1,90 @@
+"""The in-memory view of every connection, kept beside the store so that a scrape, the API's stalled filter and the
+poller never scan the database. Aggregates are maintained on every update, so a snapshot costs O(series), not
+O(connections)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from monitor.domain import ConnectionState, Health, LifecycleStage
+
+Cell = tuple[str, LifecycleStage, Health]
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSnapshot:
+    """What the gauges show: counts per (platform, stage, health) and when the oldest member entered each stage."""
+
+    platforms: frozenset[str]
+    counts: dict[Cell, int]
+    oldest_stage_entry: dict[tuple[str, LifecycleStage], datetime]
+    size: int
+
+
+class Fleet:
+    """Every known connection by id (deleted ones included), with per-cell counts of the live ones."""
+
+    def __init__(self, states: Iterable[ConnectionState] = ()) -> None:
+        self._by_id: dict[str, ConnectionState] = {}
+        self._counts: Counter[Cell] = Counter()
+        self._stage_entry: dict[tuple[str, LifecycleStage], dict[str, datetime]] = {}
+        for state in states:
+            self.put(state)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __contains__(self, connection_id: object) -> bool:
+        return connection_id in self._by_id
+
+    def get(self, connection_id: str) -> ConnectionState | None:
+        return self._by_id.get(connection_id)
+
+    def __iter__(self) -> Iterator[ConnectionState]:
+        return iter(list(self._by_id.values()))
+
+    def live(self) -> Iterator[ConnectionState]:
+        """Connections not deleted."""
+        return (s for s in list(self._by_id.values()) if s.deleted_at is None)
+
+    def live_ids(self) -> set[str]:
+        return {s.id for s in self._by_id.values() if s.deleted_at is None}
+
+    def put(self, state: ConnectionState) -> None:
+        """Insert or replace one connection and keep the aggregates right."""
+        old = self._by_id.get(state.id)
+        if old is not None:
+            self._forget(old)
+        self._by_id[state.id] = state
+        if state.deleted_at is None:
+            self._counts[(state.platform, state.lifecycle_stage, state.health)] += 1
+            key = (state.platform, state.lifecycle_stage)
+            self._stage_entry.setdefault(key, {})[state.id] = state.stage_since
+
+    def _forget(self, state: ConnectionState) -> None:
+        if state.deleted_at is not None:
+            return
+        cell = (state.platform, state.lifecycle_stage, state.health)
+        self._counts[cell] -= 1
+        if self._counts[cell] <= 0:
+            del self._counts[cell]
+        key = (state.platform, state.lifecycle_stage)
+        members = self._stage_entry.get(key)
+        if members is not None:
+            members.pop(state.id, None)
+            if not members:
+                del self._stage_entry[key]
+
+    def snapshot(self) -> FleetSnapshot:
+        """A consistent copy of the aggregates for one scrape."""
+        oldest = {key: min(members.values()) for key, members in self._stage_entry.items() if members}
+        platforms = frozenset(cell[0] for cell in self._counts)
+        return FleetSnapshot(
+            platforms=platforms,
+            counts=dict(self._counts),
+            oldest_stage_entry=oldest,
+            size=sum(self._counts.values()),
+        )

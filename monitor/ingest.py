@@ -1,0 +1,269 @@
+"""Webhook ingest: size, signature, JSON, dedupe, then durable before the 2xx. Many requests share one transaction
+(group commit). Processing happens afterwards, in monitor.processor."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from monitor.clock import Clock
+from monitor.domain import LIFECYCLE_CODES, code_label
+from monitor.metrics import UNPARSED_CODE, Metrics
+from monitor.rutter import signature
+from monitor.store import DedupeRow, InboxItem, Store, StoreError
+
+log = structlog.get_logger()
+
+REDACTED = "[redacted]"
+
+
+class Verdict(StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+
+
+class ShuttingDown(Exception):
+    """The daemon no longer takes work; the sender should retry later."""
+
+
+def redact(value: Any) -> tuple[Any, str | None]:
+    """A copy of a JSON value with every `access_token` replaced, and the first token found."""
+    found: str | None = None
+
+    def walk(node: Any) -> Any:
+        nonlocal found
+        if isinstance(node, dict):
+            out = {}
+            for key, item in node.items():
+                if key == "access_token":
+                    if found is None and isinstance(item, str):
+                        found = item
+                    out[key] = REDACTED
+                else:
+                    out[key] = walk(item)
+            return out
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        return node
+
+    return walk(value), found
+
+
+@dataclass(slots=True)
+class _Seen:
+    inbox_id: int
+    received_at: datetime
+
+
+class DedupeIndex:
+    """A body is a duplicate if it was seen within the window and no other lifecycle event for its connection was
+    accepted since. Lifecycle bodies are kept for the whole window; entity bodies up to `entity_cap` (a re-accepted
+    entity duplicate only refreshes freshness, so the cap trades nothing that matters for bounded memory)."""
+
+    def __init__(self, window: timedelta, entity_cap: int = 200_000) -> None:
+        self._window = window
+        self._cap = entity_cap
+        self._lifecycle: OrderedDict[str, _Seen] = OrderedDict()
+        self._entity: OrderedDict[str, _Seen] = OrderedDict()
+        self._last_lifecycle: dict[str, int] = {}
+
+    def seed(self, rows: Iterable[DedupeRow]) -> None:
+        """Rebuild from the inbox after a restart (rows in id order)."""
+        for row in rows:
+            self._record(row.id, row.body_hash, row.connection_id, row.is_lifecycle, row.received_at)
+
+    def is_duplicate(self, item: InboxItem, now: datetime) -> bool:
+        table = self._lifecycle if item.is_lifecycle else self._entity
+        seen = table.get(item.body_hash)
+        if seen is None or now - seen.received_at > self._window:
+            return False
+        if item.connection_id is None:
+            return True
+        return self._last_lifecycle.get(item.connection_id, 0) <= seen.inbox_id
+
+    def record(self, inbox_id: int, item: InboxItem) -> None:
+        self._record(inbox_id, item.body_hash, item.connection_id, item.is_lifecycle, item.received_at)
+
+    def _record(self, inbox_id: int, body_hash: str, connection_id: str | None, lifecycle: bool, at: datetime) -> None:
+        table = self._lifecycle if lifecycle else self._entity
+        table.pop(body_hash, None)
+        table[body_hash] = _Seen(inbox_id, at)
+        if lifecycle and connection_id is not None:
+            self._last_lifecycle[connection_id] = inbox_id
+        if not lifecycle and len(table) > self._cap:
+            table.popitem(last=False)
+
+    def prune(self, now: datetime) -> None:
+        """Forget bodies older than the window."""
+        for table in (self._lifecycle, self._entity):
+            while table:
+                key, seen = next(iter(table.items()))
+                if now - seen.received_at <= self._window:
+                    break
+                del table[key]
+
+
+_Pending = tuple[InboxItem, "asyncio.Future[Verdict]"]
+
+
+class InboxWriter:
+    """Group commit: each request waits on a future while one task writes everything queued meanwhile in a single
+    transaction, so N concurrent webhooks cost far fewer than N fsyncs."""
+
+    def __init__(
+        self,
+        store: Store,
+        dedupe: DedupeIndex,
+        metrics: Metrics,
+        *,
+        on_commit: Callable[[], None],
+        max_batch: int = 1000,
+    ) -> None:
+        self._store = store
+        self._dedupe = dedupe
+        self._metrics = metrics
+        self._on_commit = on_commit
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._closing = False
+
+    async def submit(self, item: InboxItem) -> Verdict:
+        """Durably store `item` unless it is a duplicate; raises StoreError or ShuttingDown."""
+        if self._closing:
+            raise ShuttingDown
+        fut: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((item, fut))
+        return await fut
+
+    def close(self) -> None:
+        """Refuse new items; `run` returns once the queue is drained."""
+        self._closing = True
+        self._queue.put_nowait(_STOP)
+
+    async def run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            stop = any(p is _STOP for p in batch)
+            await self._write([p for p in batch if p is not _STOP])
+            if stop and self._queue.empty():
+                return
+
+    async def _write(self, batch: Sequence[_Pending]) -> None:
+        if not batch:
+            return
+        fresh: list[_Pending] = []
+        hashes: set[tuple[str, str | None]] = set()
+        for item, fut in batch:
+            key = (item.body_hash, item.connection_id)
+            if key in hashes or self._dedupe.is_duplicate(item, item.received_at):
+                fut.set_result(Verdict.DUPLICATE)
+            else:
+                hashes.add(key)
+                fresh.append((item, fut))
+        if not fresh:
+            return
+        try:
+            ids = await self._store.insert_inbox([item for item, _ in fresh])
+        except StoreError as exc:
+            for _, fut in fresh:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        self._metrics.inbox_commits.inc()
+        for inbox_id, (item, fut) in zip(ids, fresh, strict=True):
+            self._dedupe.record(inbox_id, item)
+            if not fut.done():
+                fut.set_result(Verdict.ACCEPTED)
+        self._on_commit()
+
+
+_STOP: Any = object()
+
+
+class WebhookEndpoint:
+    """POST /webhooks/rutter: 413, then 401, then 400, then durable (200) or 503."""
+
+    def __init__(
+        self, writer: InboxWriter, metrics: Metrics, clock: Clock, *, secrets: Sequence[str], max_bytes: int
+    ) -> None:
+        self._writer = writer
+        self._metrics = metrics
+        self._clock = clock
+        self._secrets = list(secrets)
+        self._max_bytes = max_bytes
+
+    async def handle(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        try:
+            return await self._handle(request)
+        finally:
+            self._metrics.webhook_ack.observe(time.perf_counter() - started)
+
+    def _reject(self, status: int, outcome: str, message: str, code: str = UNPARSED_CODE) -> web.Response:
+        self._metrics.webhooks.labels(code, outcome).inc()
+        return web.json_response({"error": message}, status=status)
+
+    async def _read(self, request: web.Request) -> bytes | None:
+        if request.content_length is not None and request.content_length > self._max_bytes:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_chunked(65536):
+            size += len(chunk)
+            if size > self._max_bytes:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await self._read(request)
+        if body is None:
+            return self._reject(413, "too_large", f"body larger than {self._max_bytes} bytes")
+        if not signature.verify(body, request.headers.get(signature.HEADER), self._secrets):
+            return self._reject(401, "invalid_signature", "missing or invalid X-Rutter-Signature")
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return self._reject(400, "malformed", "body is not valid JSON")
+        if not isinstance(payload, dict) or not isinstance(payload.get("code"), str) or not payload["code"]:
+            return self._reject(400, "malformed", "body has no string `code`")
+        code: str = payload["code"]
+        connection_id = payload.get("connection_id")
+        if not isinstance(connection_id, str) or not connection_id:
+            connection_id = None
+        redacted, token = redact(payload)
+        item = InboxItem(
+            received_at=self._clock.now(),
+            code=code,
+            connection_id=connection_id,
+            body_hash=hashlib.sha256(body).hexdigest(),
+            body=json.dumps(redacted, separators=(",", ":"), sort_keys=True),
+            access_token=token,
+            is_lifecycle=code in LIFECYCLE_CODES,
+        )
+        try:
+            verdict = await self._writer.submit(item)
+        except (StoreError, ShuttingDown) as exc:
+            log.warning("webhook refused", code=code, connection_id=connection_id, error=type(exc).__name__)
+            return self._reject(503, "unavailable", "temporarily unable to store the event", code_label(code))
+        self._metrics.webhooks.labels(code_label(code), verdict.value).inc()
+        if verdict is Verdict.ACCEPTED:
+            self._metrics.last_webhook.set(item.received_at.timestamp())
+            log.info("webhook accepted", code=code, connection_id=connection_id)
+        else:
+            log.info("webhook duplicate", code=code, connection_id=connection_id)
+        return web.json_response({"status": verdict.value})

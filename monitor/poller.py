@@ -1,0 +1,259 @@
+"""The polling jobs: the inventory (one list call sees every connection and its coarse status) and status
+refreshes (one call per connection, most urgent first, inside the rate budget). APScheduler runs them; tests call
+them directly with a FakeClock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+import structlog
+
+from monitor.clock import Clock
+from monitor.domain import (
+    Absent,
+    ConnectionDetails,
+    ConnectionState,
+    Health,
+    LifecycleStage,
+    Listed,
+    Listing,
+    StatusPolled,
+    StatusSnapshot,
+    Tick,
+)
+from monitor.lifecycle import InventoryPlan, plan_inventory
+from monitor.recorder import Recorder
+from monitor.rutter.errors import InvalidCredentialsError, NotReadyError, RutterError
+from monitor.store import StoreError
+
+log = structlog.get_logger()
+
+YIELD_EVERY = 2000
+LISTED_HEALTH = {
+    "active": Health.HEALTHY,
+    "not_ready": Health.HEALTHY,
+    "unhealthy": Health.UNHEALTHY,
+    "needs_reauth": Health.NEEDS_UPDATE,
+    "disabled": Health.DISABLED,
+}  # give the event loop back this often while walking a large fleet
+
+
+class RutterApi(Protocol):
+    async def list_connections(self, status: str = "any") -> list[Listing]: ...
+
+    async def fetch_status(self, access_token: str) -> StatusSnapshot: ...
+
+    async def fetch_connection(self, access_token: str) -> ConnectionDetails: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PollSettings:
+    inventory_interval: timedelta
+    status_interval: timedelta
+    rate_limit: int  # requests per 10 s the monitor may spend
+    status_tick: timedelta = timedelta(seconds=10)
+    status_share: float = 0.8  # of the budget, left for refreshes; the rest serves inventories and webhook fetches
+    concurrency: int = 8
+
+
+def refresh_interval(state: ConnectionState, now: datetime, settings: PollSettings) -> timedelta:
+    """How often this connection's status is worth a request: in-progress, unhealthy and recently changed ones often;
+    healthy ongoing ones once per status interval."""
+    if state.lifecycle_stage is not LifecycleStage.ONGOING or state.health is Health.UNHEALTHY:
+        return settings.inventory_interval
+    if now - state.updated_at < settings.status_interval:
+        return settings.inventory_interval
+    return settings.status_interval
+
+
+def _rank(state: ConnectionState, now: datetime, settings: PollSettings) -> int:
+    if state.lifecycle_stage is not LifecycleStage.ONGOING:
+        return 1
+    if state.health is Health.UNHEALTHY:
+        return 2
+    if now - state.updated_at < settings.status_interval:
+        return 3
+    return 4
+
+
+def due_order(
+    states: Iterable[ConnectionState], urgent: set[str], now: datetime, settings: PollSettings
+) -> list[tuple[float, ConnectionState]]:
+    """Connections whose refresh is due with how overdue each is (seconds): urgent and never-polled first, then
+    initial and historical sync, unhealthy, recently changed, and healthy ongoing last; most overdue first within."""
+    due: list[tuple[int, float, ConnectionState]] = []
+    for state in states:
+        if state.deleted_at is not None or not state.access_token:
+            continue
+        if state.id in urgent or state.last_status_at is None:
+            due.append((0, 0.0, state))
+            continue
+        overdue = (now - state.last_status_at - refresh_interval(state, now, settings)).total_seconds()
+        if overdue >= 0:
+            due.append((_rank(state, now, settings), overdue, state))
+    due.sort(key=lambda item: (item[0], -item[1]))
+    return [(overdue, state) for _, overdue, state in due]
+
+
+class Poller:
+    """Inventory and status jobs; every error becomes a counter label and a log line, never a dead scheduler."""
+
+    def __init__(self, api: RutterApi, recorder: Recorder, clock: Clock, settings: PollSettings) -> None:
+        self._api = api
+        self._recorder = recorder
+        self._clock = clock
+        self._settings = settings
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self.inventories = 0
+        self._last_plan: InventoryPlan | None = None
+
+    @property
+    def status_tick_seconds(self) -> float:
+        return self._settings.status_tick.total_seconds()
+
+    @property
+    def status_batch(self) -> int:
+        """Refreshes per tick that keep within the budget share."""
+        per_second = self._settings.rate_limit * self._settings.status_share / 10.0
+        return max(1, int(per_second * self._settings.status_tick.total_seconds()))
+
+    def effective_status_interval(self, fleet_size: int) -> timedelta:
+        """The status interval the budget really allows for a fleet of this size."""
+        per_hour = self.status_batch * 3600.0 / self._settings.status_tick.total_seconds()
+        needed = timedelta(hours=fleet_size / per_hour) if per_hour else self._settings.status_interval
+        return max(self._settings.status_interval, needed)
+
+    async def inventory(self) -> bool:
+        """List every connection; classify new ones, update known ones, and delete the ones gone twice."""
+        metrics = self._recorder.metrics
+        try:
+            listings = await self._api.list_connections("any")
+        except RutterError as exc:
+            metrics.poll_runs.labels("inventory", "error").inc()
+            log.warning("poll failed", task="inventory", error=type(exc).__name__, detail=str(exc))
+            return False
+        fetched = await self._details_for_changes(listings)
+        try:
+            await self._apply_inventory(listings, fetched)
+        except StoreError as exc:
+            metrics.poll_runs.labels("inventory", "error").inc()
+            log.warning("poll failed", task="inventory", error="StoreError", detail=str(exc))
+            return False
+        now = self._clock.now()
+        await self._recorder.store.record_inventory(now, len(listings))
+        metrics.last_inventory.set(now.timestamp())
+        metrics.poll_runs.labels("inventory", "success").inc()
+        self.inventories += 1
+        log.info("inventory done", listed=len(listings))
+        return True
+
+    def _changed(self, listing: Listing) -> bool:
+        """Does the listing announce a change the status can explain (a health change's reason, a stage move)?"""
+        state = self._recorder.fleet.get(listing.id)
+        if state is None or state.deleted_at is not None:
+            return False
+        expected = LISTED_HEALTH.get(listing.status or "")
+        if expected is not None and expected is not state.health:
+            return True
+        return listing.status == "active" and state.lifecycle_stage is not LifecycleStage.ONGOING
+
+    async def _details_for_changes(
+        self, listings: list[Listing]
+    ) -> dict[str, tuple[StatusSnapshot | None, ConnectionDetails | None]]:
+        """Statuses of the connections whose listing changed, so each transition is recorded once, with its reason."""
+        changed = [item for item in listings if self._changed(item)][: self.status_batch]
+        results = await asyncio.gather(*(self._fetch(item.id, item.access_token) for item in changed))
+        return {item.id: result for item, result in zip(changed, results, strict=True) if result[0] is not None}
+
+    async def _apply_inventory(
+        self, listings: list[Listing], fetched: dict[str, tuple[StatusSnapshot | None, ConnectionDetails | None]]
+    ) -> None:
+        recorder = self._recorder
+        async with recorder.lock:
+            now = self._clock.now()
+            known = {s.id: s for s in recorder.fleet.live()}
+            plan = plan_inventory(known, {item.id for item in listings}, previous=self._last_plan)
+            self._last_plan = plan
+            if plan.suspect:
+                log.warning("inventory suspect", listed=len(listings), known=len(known))
+            unit = recorder.unit()
+            for n, item in enumerate(listings, 1):
+                status, details = fetched.get(item.id, (None, None))
+                if status is not None:
+                    recorder.urgent.discard(item.id)
+                    unit.apply(item.id, StatusPolled(status, details), now)
+                unit.apply(item.id, Listed(item), now)
+                if n % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+            for connection_id in sorted(plan.absent):
+                unit.apply(connection_id, Absent(), now)
+            await recorder.commit(unit)
+
+    async def refresh_statuses(self) -> int:
+        """One tick: refresh the most urgent due statuses within the budget share; expire missed-webhook grace."""
+        recorder = self._recorder
+        now = self._clock.now()
+        await self._expire(now)
+        due = due_order(recorder.fleet.live(), recorder.urgent, now, self._settings)
+        recorder.metrics.gauges.status_refresh_lag_seconds = max((o for o, _ in due), default=0.0)
+        chosen = [state for _, state in due[: self.status_batch]]
+        if not chosen:
+            return 0
+        results = await asyncio.gather(*(self._fetch(state.id, state.access_token or "") for state in chosen))
+        ok = [(s, r) for s, r in zip(chosen, results, strict=True) if r[0] is not None]
+        try:
+            async with recorder.lock:
+                unit = recorder.unit()
+                now = self._clock.now()
+                for state, (status, details) in ok:
+                    assert status is not None
+                    recorder.urgent.discard(state.id)
+                    unit.apply(state.id, StatusPolled(status, details), now)
+                await recorder.commit(unit)
+        except StoreError as exc:
+            recorder.metrics.poll_runs.labels("status", "error").inc()
+            log.warning("poll failed", task="status", error="StoreError", detail=str(exc))
+            return 0
+        recorder.metrics.poll_runs.labels("status", "success").inc()
+        return len(ok)
+
+    async def _fetch(self, connection_id: str, token: str) -> tuple[StatusSnapshot | None, ConnectionDetails | None]:
+        """The status, plus the store name once for a connection likely to be named in an alert."""
+        state = self._recorder.fleet.get(connection_id)
+        async with self._slots:
+            try:
+                status = await self._api.fetch_status(token)
+                details = None
+                if (state is None or state.store_name is None) and (status.is_disabled or status.needs_update):
+                    details = await self._api.fetch_connection(token)
+                return status, details
+            except NotReadyError:
+                return None, None
+            except InvalidCredentialsError:
+                # a rotated token: the next inventory brings the new one
+                self._recorder.urgent.discard(connection_id)
+                log.warning("poll failed", task="status", connection_id=connection_id, error="InvalidCredentialsError")
+                return None, None
+            except RutterError as exc:
+                self._recorder.metrics.poll_runs.labels("status", "error").inc()
+                log.warning("poll failed", task="status", connection_id=connection_id, error=type(exc).__name__)
+                return None, None
+
+    async def _expire(self, now: datetime) -> None:
+        grace = self._recorder.settings.missed_webhook_grace
+        waiting = [
+            s.id
+            for s in self._recorder.fleet.live()
+            if s.pending_webhooks and min(p.seen_at for p in s.pending_webhooks) + grace <= now
+        ]
+        if not waiting:
+            return
+        async with self._recorder.lock:
+            unit = self._recorder.unit()
+            for connection_id in waiting:
+                unit.apply(connection_id, Tick(), now)
+            await self._recorder.commit(unit)

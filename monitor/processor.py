@@ -1,0 +1,155 @@
+"""Inbox -> lifecycle: takes acknowledged webhooks in order, fetches the status where a webhook needs it (Rutter's
+connection webhooks carry no reason, no readiness detail), and commits the result with the inbox rows marked
+processed in the same transaction, so an acknowledged event is processed exactly once, even across kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Sequence
+from typing import Protocol
+
+import structlog
+
+from monitor.clock import Clock
+from monitor.domain import ConnectionDetails, StatusSnapshot, WebhookReceived
+from monitor.recorder import Recorder
+from monitor.rutter.errors import RutterError
+from monitor.store import InboxRecord, StoreError
+
+log = structlog.get_logger()
+
+# Codes whose meaning depends on the status: readiness and batch completion, the disabled reason, what a reconnect
+# restored.
+UNKNOWN_PLATFORMS = frozenset({"unknown", "UNKNOWN"})
+NEEDS_STATUS = frozenset({"INITIAL_UPDATE", "HISTORICAL_UPDATE", "CONNECTION_DISABLED", "CONNECTION_UPDATED"})
+
+
+class StatusSource(Protocol):
+    async def fetch_status(self, access_token: str) -> StatusSnapshot: ...
+
+    async def fetch_connection(self, access_token: str) -> ConnectionDetails: ...
+
+
+class Processor:
+    """Drains the inbox. Woken by the ingest's commits; also polls the store so nothing waits forever."""
+
+    def __init__(
+        self,
+        recorder: Recorder,
+        clock: Clock,
+        rutter: StatusSource | None,
+        *,
+        batch_size: int = 500,
+        fetch_timeout: float = 5.0,
+        fetch_concurrency: int = 8,
+    ) -> None:
+        self._recorder = recorder
+        self._clock = clock
+        self._rutter = rutter
+        self._batch_size = batch_size
+        self._fetch_timeout = fetch_timeout
+        self._fetch_slots = asyncio.Semaphore(fetch_concurrency)
+        self._wake = asyncio.Event()
+        self._draining = asyncio.Lock()  # one drain at a time: the loop, a test or shutdown
+        self.processed = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, idle: float = 1.0) -> None:
+        """Process forever; cancelled at shutdown after `drain`."""
+        while True:
+            try:
+                await self.drain()
+            except StoreError as exc:
+                log.warning("inbox processing failed", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=idle)
+            self._wake.clear()
+
+    async def drain(self) -> int:
+        """Process every pending inbox row; return how many."""
+        total = 0
+        async with self._draining:
+            while True:
+                rows = await self._recorder.store.unprocessed_inbox(self._batch_size)
+                if not rows:
+                    return total
+                await self.process(rows)
+                total += len(rows)
+
+    async def process(self, rows: Sequence[InboxRecord]) -> None:
+        """Decide and commit one batch of inbox rows."""
+        parsed: list[tuple[InboxRecord, dict[str, object]]] = []
+        for row in rows:
+            try:
+                body = json.loads(row.item.body)
+            except ValueError:
+                body = {}
+            parsed.append((row, body if isinstance(body, dict) else {}))
+        fetched = await self._fetch_all(parsed)
+        async with self._recorder.lock:
+            unit = self._recorder.unit()
+            now = self._clock.now()
+            for row, body in parsed:
+                unit.inbox_ids.append(row.id)
+                connection_id = row.item.connection_id
+                if connection_id is None:
+                    continue
+                status, details = fetched.get(connection_id, (None, None))
+                update_url = body.get("update_url")
+                reason = body.get("disabled_reason") or body.get("reason")
+                event = WebhookReceived(
+                    code=row.item.code,
+                    update_url=update_url if isinstance(update_url, str) else None,
+                    disabled_reason=reason if isinstance(reason, str) else None,
+                    status=status,
+                    details=details,
+                )
+                unit.apply(connection_id, event, now, access_token=row.item.access_token)
+            await self._recorder.commit(unit)
+        self.processed += len(rows)
+
+    async def _fetch_all(
+        self, parsed: Sequence[tuple[InboxRecord, dict[str, object]]]
+    ) -> dict[str, tuple[StatusSnapshot | None, ConnectionDetails | None]]:
+        wanted: dict[str, tuple[str, bool]] = {}
+        for row, _ in parsed:
+            cid = row.item.connection_id
+            if cid is None:
+                continue
+            known = self._recorder.fleet.get(cid)
+            token = row.item.access_token or (known.access_token if known else None)
+            if token is None:
+                continue
+            if known is None or known.platform in UNKNOWN_PLATFORMS:
+                wanted[cid] = (token, True)
+            elif row.item.code in NEEDS_STATUS:
+                wanted.setdefault(cid, (token, False))
+        if not wanted or self._rutter is None:
+            return {}
+        results = await asyncio.gather(*(self._fetch(cid, tok, det) for cid, (tok, det) in wanted.items()))
+        return dict(zip(wanted, results, strict=True))
+
+    async def _fetch(
+        self, connection_id: str, token: str, with_details: bool
+    ) -> tuple[StatusSnapshot | None, ConnectionDetails | None]:
+        assert self._rutter is not None
+        async with self._fetch_slots:
+            status: StatusSnapshot | None = None
+            details: ConnectionDetails | None = None
+            try:
+                status = await asyncio.wait_for(self._rutter.fetch_status(token), self._fetch_timeout)
+                if with_details:
+                    details = await asyncio.wait_for(self._rutter.fetch_connection(token), self._fetch_timeout)
+            except (RutterError, TimeoutError) as exc:
+                log.warning(
+                    "status fetch failed",
+                    connection_id=connection_id,
+                    error=type(exc).__name__,
+                    detail=str(exc),
+                )
+                self._recorder.urgent.add(connection_id)
+            return status, details
