@@ -16,9 +16,12 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from monitor.store.sql import DEFAULT_DATABASE_URL, normalize_url
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -118,7 +121,7 @@ class Settings(BaseSettings):
     rutter_webhook_secret: SecretStr | None = None
     rutter_webhook_secret_file: Path | None = None
 
-    monitor_database_url: str = "sqlite+aiosqlite:///rutter-monitor.db"
+    monitor_database_url: str = DEFAULT_DATABASE_URL
     monitor_host: str = "0.0.0.0"
     monitor_port: Port = 8080
     monitor_admin_port: Port | None = None
@@ -182,6 +185,12 @@ class Settings(BaseSettings):
                 except OSError as exc:
                     raise ValueError(f"{name}_file could not be read ({exc.strerror})") from None
         return data
+
+    @field_validator("monitor_database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        normalize_url(value)  # raises ValueError naming what is wrong, password hidden
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

@@ -211,11 +211,9 @@ def _on_webhook(s: ConnectionState, ev: WebhookReceived, now: datetime) -> _Step
     code = ev.code
     if code in {INITIAL_UPDATE, HISTORICAL_UPDATE}:
         if code == HISTORICAL_UPDATE:  # a history batch: the connection is, or was, in historical_sync
-            s = replace(
-                s,
-                last_progress_at=now,
-                passed_historical=s.passed_historical or s.lifecycle_stage != _ONGOING,
-            )
+            # unless a status contradicts it (still not ready): then nothing proves a batch finished
+            batch_proven = s.lifecycle_stage != _ONGOING and (target is None or target != _INITIAL)
+            s = replace(s, last_progress_at=now, passed_historical=s.passed_historical or batch_proven)
         if status is None:
             # Ready at least; whether history is complete only a status can tell.
             target = _HISTORICAL
