@@ -54,6 +54,7 @@ class Processor:
         self._wake = asyncio.Event()
         self._draining = asyncio.Lock()  # one drain at a time: the loop, a test or shutdown
         self.processed = 0
+        self.set_aside = 0
 
     def wake(self) -> None:
         self._wake.set()
@@ -65,6 +66,8 @@ class Processor:
                 await self.drain()
             except StoreError as exc:
                 log.warning("inbox processing failed", error=str(exc))
+            except Exception:  # a bug must not stop the inbox for good: log it and try again later
+                log.exception("inbox processing failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=idle)
             self._wake.clear()
@@ -77,8 +80,30 @@ class Processor:
                 rows = await self._recorder.store.unprocessed_inbox(self._batch_size)
                 if not rows:
                     return total
-                await self.process(rows)
+                try:
+                    await self.process(rows)
+                except StoreError:
+                    raise
+                except Exception:
+                    log.exception("inbox batch failed, retrying row by row", rows=len(rows))
+                    await self._one_by_one(rows)
                 total += len(rows)
+
+    async def _one_by_one(self, rows: Sequence[InboxRecord]) -> None:
+        """Isolate a poison event: one that fails alone is set aside (marked processed, logged with its id), so it
+        cannot stall the inbox forever; the others are processed normally."""
+        for row in rows:
+            try:
+                await self.process([row])
+            except StoreError:
+                raise
+            except Exception:
+                log.exception(
+                    "inbox event set aside", inbox_id=row.id, code=row.item.code, connection_id=row.item.connection_id
+                )
+                async with self._recorder.lock:
+                    await self._recorder.store.save([], [], [row.id])
+                self.set_aside += 1
 
     async def process(self, rows: Sequence[InboxRecord]) -> None:
         """Decide and commit one batch of inbox rows."""
