@@ -42,7 +42,7 @@ def parse_duration(value: object) -> timedelta:
         return timedelta(seconds=float(text))
     parts = _DURATION.findall(text)
     if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"{value!r} is not a duration such as 90s, 15m, 6h or 2d")
+        raise ValueError("not a duration such as 90s, 15m, 6h or 2d")  # the value is not echoed: it may be a secret
     return timedelta(seconds=sum(float(n) * _UNITS[u] for n, u in parts))
 
 
