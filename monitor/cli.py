@@ -12,6 +12,7 @@ from pathlib import Path
 import structlog
 
 from monitor import __version__
+from monitor.alerting.routing import routing_problems
 from monitor.app import Daemon, Running, start
 from monitor.clock import SystemClock
 from monitor.config import ConfigError, Settings, load_settings
@@ -63,7 +64,7 @@ def _problems(config: Path | None) -> tuple[Settings | None, list[str]]:
         settings = load_settings(config)
     except ConfigError as exc:
         return None, exc.problems
-    return settings, settings.problems_for_run()
+    return settings, settings.problems_for_run() + routing_problems(settings)
 
 
 def check_config(config: Path | None) -> int:
@@ -159,7 +160,8 @@ async def _demo(args: argparse.Namespace) -> None:
     )
     running: Running | None = None
     try:
-        running = await start(Daemon(settings, clock=clock))
+        # With no Slack target in the environment, notifications print here (ConsoleSink).
+        running = await start(Daemon(settings, clock=clock, console=sys.stdout))
         print(
             "\nrutter-monitor demo is running\n"
             f"  metrics:      {running.admin_url}/metrics\n"

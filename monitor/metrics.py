@@ -3,7 +3,7 @@ the fleet are built at scrape time from a Fleet snapshot by a custom collector, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -12,6 +12,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from monitor import __version__
+from monitor.alerting.rules import SEVERITY, AlertName, Severity
 from monitor.domain import (
     CONNECTION_CODES,
     DISABLED_REASONS,
@@ -40,6 +41,9 @@ READY_BUCKETS = (
 HISTORICAL_BUCKETS = (*READY_BUCKETS, 3 * DAY, 7 * DAY, 14 * DAY, 30 * DAY)
 ACK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 API_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+DELAY_BUCKETS = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, MIN, 2 * MIN, 5 * MIN, 10 * MIN, 30 * MIN, HOUR)
+NOTIFICATION_OUTCOMES = ("sent", "retried", "rate_limited", "failed")
+FiringCounts = Mapping[tuple[AlertName, Severity, str], int]
 
 WEBHOOK_OUTCOMES = ("accepted", "duplicate", "invalid_signature", "malformed", "too_large", "unavailable")
 UNPARSED_CODE = "UNPARSED"
@@ -63,6 +67,8 @@ class Gauges:
 
     inbox_pending: int = 0
     inbox_oldest_age_seconds: float = 0.0
+    outbox_pending: int = 0
+    outbox_oldest_age_seconds: float = 0.0
     status_refresh_lag_seconds: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
 
@@ -111,6 +117,37 @@ class FleetCollector(Collector):
                 oldest.add_metric([platform, stage.value], age)
         yield connections
         yield oldest
+
+
+class AlertsCollector(Collector):
+    """Emits, from the incident engine's state at scrape time, a cell per alert for every platform seen:
+
+    rutter_monitor_alerts_firing{alert="connection_disabled",severity="critical",platform="SHOPIFY"} 2.0
+    """
+
+    def __init__(self, firing: Callable[[], FiringCounts], platforms: Callable[[], Iterable[str]]) -> None:
+        self._firing = firing
+        self._platforms = platforms
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "rutter_monitor_alerts_firing",
+            "Incidents firing (announced alone or rolled up in a storm, not yet resolved), by alert and platform.",
+            labels=["alert", "severity", "platform"],
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterable[Metric]:
+        counts = self._firing()
+        platforms = set(self._platforms()) | {platform for _, _, platform in counts}
+        family = self._family()
+        for platform in sorted(platforms):
+            for alert in AlertName:
+                severity = SEVERITY[alert]
+                family.add_metric([alert.value, severity.value, platform], counts.get((alert, severity, platform), 0))
+        yield family
 
 
 class Metrics:
@@ -197,6 +234,16 @@ class Metrics:
         self.build_info = Gauge(
             "rutter_monitor_build_info", "Always 1; the version of the running daemon.", ["version"], registry=r,
         )  # fmt: skip
+        self.notifications = Counter(
+            "rutter_monitor_notifications_total",
+            "Notification delivery attempts by route (the configured route's name) and outcome.",
+            ["channel", "outcome"], registry=r,
+        )  # fmt: skip
+        self.notification_delay = Histogram(
+            "rutter_monitor_notification_delay_seconds",
+            "Time from a condition being detected (or cleared) to its notification being delivered.",
+            buckets=DELAY_BUCKETS, registry=r,
+        )  # fmt: skip
         self.build_info.labels(__version__).set(1)
         for task in ("inventory", "status", "prune"):
             for outcome in ("success", "error"):
@@ -207,7 +254,9 @@ class Metrics:
         for outcome in ("invalid_signature", "malformed", "too_large", "unavailable"):
             self.webhooks.labels(UNPARSED_CODE, outcome)
         self._platforms: set[str] = set()
+        self._firing: Callable[[], FiringCounts] = dict
         self._scrape_gauges()
+        r.register(AlertsCollector(lambda: self._firing(), lambda: self._platforms))
 
     def _scrape_gauges(self) -> None:
         g = self.gauges
@@ -218,10 +267,23 @@ class Metrics:
         Gauge("rutter_monitor_status_refresh_lag_seconds",
               "How far the most overdue status refresh is behind its schedule.",
               registry=self.registry).set_function(lambda: g.status_refresh_lag_seconds)  # fmt: skip
+        Gauge("rutter_monitor_outbox_pending", "Notifications waiting in the outbox for delivery.",
+              registry=self.registry).set_function(lambda: g.outbox_pending)  # fmt: skip
+        Gauge("rutter_monitor_outbox_oldest_age_seconds", "Age of the oldest notification waiting in the outbox.",
+              registry=self.registry).set_function(lambda: g.outbox_oldest_age_seconds)  # fmt: skip
 
     def watch_fleet(self, snapshot: Callable[[], FleetSnapshot], now: Callable[[], datetime]) -> None:
         """Register the scrape-time collector of fleet gauges."""
         self.registry.register(FleetCollector(snapshot, now))
+
+    def watch_alerts(self, firing: Callable[[], FiringCounts]) -> None:
+        """Read firing incidents from the engine at scrape time."""
+        self._firing = firing
+
+    def ensure_channel(self, channel: str) -> None:
+        """Pre-create the notification counters of one route."""
+        for outcome in NOTIFICATION_OUTCOMES:
+            self.notifications.labels(channel, outcome)
 
     def ensure_platform(self, platform: str) -> None:
         """Pre-create the label children of a platform so the series set depends on platforms, not connections."""

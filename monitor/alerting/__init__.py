@@ -1,5 +1,6 @@
 """Alerting: pure rules (rules), message rendering (messages) and the sinks that deliver them (slack,
-alertmanager). The incident engine and its outbox build on these.
+alertmanager). On these build the incident engine: its values (model), its pure decisions (incidents), routing and
+message planning (routing), the durable outbox's delivery (outbox) and the shell that wires them (engine).
 
 `DeliveryError` lives here because every sink raises it and the outbox classifies it, whatever the target."""
 

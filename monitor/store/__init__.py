@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from monitor.alerting.model import Attempt, Incident, OutboxMessage, OutboxRow, Storm, Thread
 from monitor.domain import ConnectionState, Health, LifecycleStage, Transition
 
 
@@ -113,7 +114,45 @@ class Store(Protocol):
     async def last_inventory(self) -> datetime | None: ...
 
     async def prune(self, inbox_before: datetime, history_before: datetime) -> tuple[int, int]:
-        """Delete processed inbox rows and transitions older than the cut-offs; return both counts."""
+        """Delete processed inbox rows and transitions older than the cut-offs (and resolved incidents, storms and
+        settled notifications older than `history_before`); return the inbox and transition counts."""
+        ...
+
+    # The incident engine and its outbox (monitor.alerting).
+
+    async def load_alerting(self) -> tuple[list[Incident], list[Storm]]:
+        """The open incidents and open storms."""
+        ...
+
+    async def save_alerting(
+        self,
+        changed: Sequence[Incident],
+        changed_storms: Sequence[Storm] = (),
+        messages: Sequence[OutboxMessage] = (),
+        withdrawn: Sequence[str] = (),
+    ) -> None:
+        """Upsert incidents and storms, cancel the unattempted messages of `withdrawn` groups and enqueue
+        `messages`, in one transaction."""
+        ...
+
+    async def outbox_heads(self) -> list[OutboxRow]:
+        """The oldest pending message of each channel."""
+        ...
+
+    async def outbox_claim(self, row_id: int, at: datetime) -> OutboxRow | None:
+        """Count an attempt before making it; None when the row is no longer pending."""
+        ...
+
+    async def outbox_record(self, row_id: int, attempt: Attempt) -> None:
+        """Record an attempt's outcome."""
+        ...
+
+    async def outbox_thread(self, group: str) -> Thread | None:
+        """Where a group's parent message landed (bot mode)."""
+        ...
+
+    async def outbox_backlog(self) -> tuple[int, datetime | None]:
+        """Pending messages, and when the oldest was enqueued."""
         ...
 
     async def close(self) -> None: ...

@@ -31,6 +31,7 @@ from monitor.store import (
     Page,
     StoreError,
 )
+from monitor.store.alerts import AlertingQueries
 from monitor.store.tables import (
     STATE_COLUMNS,
     BulkUpsert,
@@ -168,9 +169,10 @@ def _upgrade_head(connection: sa.Connection) -> None:
     command.upgrade(alembic_config(connection=connection), "head")
 
 
-class SqlStore:
-    """The durable store. Writes on SQLite are serialised in-process (SQLite has one writer anyway), so a
-    long save makes webhooks wait on an asyncio lock rather than spin in busy_timeout."""
+class SqlStore(AlertingQueries):
+    """The durable store (its alerting queries live in monitor.store.alerts). Writes on SQLite are serialised
+    in-process (SQLite has one writer anyway), so a long save makes webhooks wait on an asyncio lock rather than
+    spin in busy_timeout."""
 
     def __init__(self, engine: AsyncEngine, *, url: str, clock: Clock) -> None:
         self._engine = engine
@@ -207,10 +209,21 @@ class SqlStore:
         if not items:
             return []
         rows = [inbox_row(item) for item in items]
-        stmt = sa.insert(webhook_inbox).returning(webhook_inbox.c.id, sort_by_parameter_order=True)
-        async with self._write("insert inbox") as conn:
-            result = await conn.execute(stmt, rows)
-            ids = [int(row.id) for row in result]
+        c = webhook_inbox.c
+        keys = [(item.body_hash, item.connection_id) for item in items]
+        if len(set(keys)) < len(keys):
+            # Only an ordered RETURNING can tell identical items apart (one statement per row on SQLite).
+            stmt = sa.insert(webhook_inbox).returning(c.id, sort_by_parameter_order=True)
+            async with self._write("insert inbox") as conn:
+                ids = [int(row.id) for row in await conn.execute(stmt, rows)]
+        else:
+            # One multi-row INSERT, ids matched back by each item's key (unique here). An ordered RETURNING would
+            # make SQLAlchemy send one INSERT per row on SQLite, each a round trip to the driver's thread, which
+            # waits for a busy event loop: that capped webhook ingest at about 800 req/s (bench/ingest.py).
+            stmt = sa.insert(webhook_inbox).returning(c.id, c.body_hash, c.connection_id)
+            async with self._write("insert inbox") as conn:
+                by_key = {(row.body_hash, row.connection_id): int(row.id) for row in await conn.execute(stmt, rows)}
+            ids = [by_key[key] for key in keys]
         self._commits += 1
         return ids
 
@@ -346,7 +359,8 @@ class SqlStore:
 
     async def prune(self, inbox_before: datetime, history_before: datetime) -> tuple[int, int]:
         """Delete processed inbox rows received before `inbox_before` and transitions before `history_before`.
-        Inventories older than `history_before` go too, except the latest, which readiness needs."""
+        Inventories older than `history_before` go too, except the latest, which readiness needs, and so do
+        resolved incidents and storms and settled notifications."""
         i, t, v = webhook_inbox.c, transitions_table.c, inventories.c
         latest_inventory = sa.select(sa.func.max(v.id)).scalar_subquery()
         async with self._write("prune") as conn:
@@ -355,6 +369,7 @@ class SqlStore:
             )
             history = await conn.execute(sa.delete(transitions_table).where(t.at < history_before))
             await conn.execute(sa.delete(inventories).where(v.at < history_before, v.id < latest_inventory))
+            await self._prune_alerting(conn, history_before)
         return int(inbox.rowcount), int(history.rowcount)
 
     async def close(self) -> None:

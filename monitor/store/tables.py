@@ -182,6 +182,82 @@ inventories = sa.Table(
     sqlite_autoincrement=True,
 )
 
+# The incident engine (monitor.alerting): incidents, storm roll-ups and the durable outbox of notifications.
+KEY = sa.String(64)
+
+incidents = sa.Table(
+    "incidents",
+    metadata,
+    sa.Column("key", KEY, primary_key=True),
+    sa.Column("connection_id", ConnectionId, nullable=False),
+    sa.Column("platform", sa.String(), nullable=False),
+    sa.Column("alert", sa.String(64), nullable=False),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("phase", sa.String(16), nullable=False),
+    sa.Column("since", UTCDateTime(), nullable=False),
+    sa.Column("detected_at", UTCDateTime(), nullable=False),
+    sa.Column("stage", sa.String(32), nullable=False),
+    sa.Column("health", sa.String(32), nullable=False),
+    sa.Column("reason", sa.String(), nullable=False),
+    sa.Column("store_name", sa.String(), nullable=True),
+    sa.Column("name", sa.String(), nullable=True),
+    sa.Column("link_url", sa.Text(), nullable=True),
+    sa.Column("cleared_at", UTCDateTime(), nullable=True),
+    sa.Column("resolved_at", UTCDateTime(), nullable=True),
+    sa.Column("storm_key", KEY, nullable=True),
+    sa.Column("announced", sa.Boolean(), nullable=False),
+    sa.Column("announced_reason", sa.String(), nullable=False),
+    sa.Column("attempted", sa.Boolean(), nullable=False),
+    sa.Index(None, "phase"),
+    sa.Index(None, "connection_id", "alert"),
+    sa.Index(None, "resolved_at"),
+)
+
+storms = sa.Table(
+    "storms",
+    metadata,
+    sa.Column("key", KEY, primary_key=True),
+    sa.Column("platform", sa.String(), nullable=False),
+    sa.Column("alert", sa.String(64), nullable=False),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("since", UTCDateTime(), nullable=False),
+    sa.Column("count", sa.Integer(), nullable=False),
+    sa.Column("open_count", sa.Integer(), nullable=False),
+    sa.Column("level", sa.Integer(), nullable=False),
+    sa.Column("examples", sa.JSON(), nullable=False),
+    sa.Column("reasons", sa.JSON(), nullable=False),
+    sa.Column("last_cleared_at", UTCDateTime(), nullable=True),
+    sa.Column("resolved_at", UTCDateTime(), nullable=True),
+    sa.Index(None, "resolved_at"),
+)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", AutoId, primary_key=True, autoincrement=True),
+    sa.Column("channel", sa.String(), nullable=False),
+    sa.Column("group_key", KEY, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("parent", sa.Boolean(), nullable=False),
+    sa.Column("payload", sa.JSON(), nullable=False),
+    sa.Column("detected_at", UTCDateTime(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False),
+    sa.Column("next_attempt_at", UTCDateTime(), nullable=False),
+    sa.Column("first_attempt_at", UTCDateTime(), nullable=True),
+    sa.Column("settled_at", UTCDateTime(), nullable=True),
+    sa.Column("last_error", sa.String(), nullable=False),
+    sa.Column("ts", sa.String(32), nullable=True),
+    sa.Column("slack_channel", sa.String(), nullable=True),
+    # The delivery scan is "the oldest pending row of each channel": one range of this index per channel.
+    sa.Index(None, "state", "channel", "id"),
+    sa.Index(None, "group_key", "id"),
+    sa.Index(None, "created_at"),
+    sqlite_autoincrement=True,
+)
+
 
 # ----------------------------------------------------------------------------------------------------
 # Rows <-> domain values.
