@@ -69,6 +69,7 @@ class FakeMessage:
     thread_ts: str | None = None
     metadata: dict[str, Any] | None = None
     edits: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)  # earlier (text, blocks)
+    attachments: list[dict[str, Any]] = field(default_factory=list)  # legacy attachments (Alertmanager sends these)
 
     def to_api(self) -> dict[str, Any]:
         """The message as conversations.history returns it."""
@@ -267,7 +268,7 @@ class FakeSlack:
         name = record.path.removeprefix(WEBHOOK_PREFIX)
         if not name or "/" in name:
             return web.Response(status=404, text="no_service")
-        if not body.get("text") and not body.get("blocks"):
+        if not body.get("text") and not body.get("blocks") and not body.get("attachments"):
             return web.Response(status=400, text="no_text")
         self.messages.append(
             FakeMessage(
@@ -277,6 +278,7 @@ class FakeSlack:
                 blocks=list(body.get("blocks") or []),
                 via="webhook",
                 metadata=body.get("metadata"),
+                attachments=list(body.get("attachments") or []),
             )
         )
         return web.Response(text="ok")
