@@ -24,6 +24,7 @@ from monitor.clock import Clock, SystemClock
 from monitor.config import ConfigError, Settings, format_duration
 from monitor.fleet import Fleet
 from monitor.ingest import DedupeIndex, InboxWriter, WebhookEndpoint
+from monitor.leader import leadership_for
 from monitor.lifecycle import LifecycleSettings
 from monitor.metrics import Metrics
 from monitor.poller import Poller, PollSettings, RutterApi
@@ -41,6 +42,7 @@ log = structlog.get_logger()
 # reason as a follow-up when it arrives.
 STATUS_FETCH_TIMEOUT = 0.5
 ALERT_STOP_GRACE = 10.0  # seconds to finish the notification attempt in flight at shutdown
+LEADERSHIP_CHECK = 5.0  # seconds between leadership rounds: a standby takes over within this of the leader's death
 
 
 class Daemon:
@@ -69,6 +71,9 @@ class Daemon:
         self._session: aiohttp.ClientSession | None = None
         self._alert_session: aiohttp.ClientSession | None = None
         self._scheduler: AsyncIOScheduler | None = None
+        self.leading = False
+        self.leadership_lost = asyncio.Event()
+        self.stopped = False
 
     async def start(self) -> None:
         s = self.settings
@@ -76,13 +81,13 @@ class Daemon:
         if problems:
             raise ConfigError(problems)
         log.info("store opening", url=redact_url(s.monitor_database_url))
-        self.store: Store = await open_store(s.monitor_database_url, clock=self.clock)
-        self.fleet = Fleet(await self.store.load_connections(include_deleted=True))
+        sql = await open_store(s.monitor_database_url, clock=self.clock)
+        self.store: Store = sql
+        self.leadership = leadership_for(s.monitor_database_url, sql.engine)
+        self.fleet = Fleet()  # filled when this replica leads: a standby exports no fleet gauges
         now = self.clock.now()
         self.metrics.watch_fleet(self.fleet.snapshot, self.clock.now)
         self.metrics.inventory_interval.set(s.monitor_inventory_interval.total_seconds())
-        for state in self.fleet.live():
-            self.metrics.ensure_platform(state.platform)
         last = await self.store.last_inventory()
         if last is not None:
             self.metrics.last_inventory.set(last.timestamp())
@@ -107,8 +112,8 @@ class Daemon:
             console=self._console,
         )
         self.recorder.listeners.append(self.engine.on_commit)
-        await self.engine.start()
         self.writer = InboxWriter(self.store, dedupe, self.metrics, on_commit=self.processor.wake)
+
         self.webhooks = WebhookEndpoint(
             self.writer,
             self.metrics,
@@ -126,6 +131,22 @@ class Daemon:
                 rate_limit=s.monitor_rate_limit,
             ),
         )
+        self._tasks.append(asyncio.create_task(self.writer.run(), name="inbox-writer"))
+        if await self.leadership.acquire():
+            await self._lead()
+        else:
+            log.info("standing by", reason="another replica leads")
+        self._tasks.append(asyncio.create_task(self._leadership_loop(), name="leadership"))
+        log.info("daemon started", leading=self.leading, connections=len(self.fleet))
+
+    async def _lead(self) -> None:
+        """Become the replica that processes, polls and notifies: load the fleet and incidents, start the jobs."""
+        s = self.settings
+        for state in await self.store.load_connections(include_deleted=True):
+            self.fleet.put(state)
+            if state.deleted_at is None:
+                self.metrics.ensure_platform(state.platform)
+        await self.engine.start()
         effective = self.poller.effective_status_interval(len(self.fleet))
         if effective > s.monitor_status_interval:
             log.warning(
@@ -135,7 +156,6 @@ class Daemon:
                 connections=len(self.fleet),
                 rate_limit=s.monitor_rate_limit,
             )
-        self._tasks.append(asyncio.create_task(self.writer.run(), name="inbox-writer"))
         self._tasks.append(asyncio.create_task(self.processor.run(), name="inbox-processor"))
         self._alert_tasks.append(asyncio.create_task(self.engine.run(), name="alert-engine"))
         if self.engine.delivery is not None:
@@ -144,7 +164,29 @@ class Daemon:
             self._alert_tasks.append(asyncio.create_task(self.engine.pusher.run(), name="alertmanager-push"))
         if self._schedule:
             self._start_scheduler()
-        log.info("daemon started", connections=len(self.fleet))
+        self.leading = True
+        self.metrics.leader.set(1)
+        log.info("leading", connections=len(self.fleet))
+
+    async def try_lead(self) -> bool:
+        """One leadership round: a standby takes over if the lock is free; a leader checks it still holds it."""
+        if self.leading:
+            if await self.leadership.check():
+                return True
+            # Another replica may lead already: stop at once rather than act twice. A supervisor restarts us.
+            log.error("leadership lost, stopping")
+            self.metrics.leader.set(0)
+            self.leadership_lost.set()
+            return False
+        if await self.leadership.acquire():
+            await self._lead()
+        return self.leading
+
+    async def _leadership_loop(self) -> None:
+        # wall-clock time on purpose: lock liveness is about the real world, whatever clock the logic runs on
+        while not self.leadership_lost.is_set():
+            await asyncio.sleep(LEADERSHIP_CHECK)
+            await self.try_lead()
 
     def _client(self) -> RutterClient:
         s = self.settings
@@ -258,11 +300,12 @@ class Daemon:
         writer_task = self._tasks[0]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(writer_task), timeout)
-        try:
-            await asyncio.wait_for(self.processor.drain(), timeout)
-        except (TimeoutError, StoreError) as exc:
-            log.warning("shutdown left events unprocessed", error=type(exc).__name__)
-        await self._stop_alerting(timeout)
+        if self.leading and not self.leadership_lost.is_set():
+            try:
+                await asyncio.wait_for(self.processor.drain(), timeout)
+            except (TimeoutError, StoreError) as exc:
+                log.warning("shutdown left events unprocessed", error=type(exc).__name__)
+            await self._stop_alerting(timeout)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -270,7 +313,9 @@ class Daemon:
             await self._session.close()
         if self._alert_session is not None:
             await self._alert_session.close()
+        await self.leadership.release()
         await self.store.close()
+        self.stopped = True
         log.info("daemon stopped", processed=self.processor.processed)
 
     async def _stop_alerting(self, grace: float) -> None:
@@ -339,7 +384,9 @@ class Running:
     admin_url: str
 
     async def stop(self) -> None:
-        for runner in reversed(self.runners):
+        """Close the listeners (waiting for requests in flight), then the daemon; a second call does nothing."""
+        runners, self.runners = self.runners, []
+        for runner in reversed(runners):
             await runner.cleanup()
 
 

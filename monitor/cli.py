@@ -17,6 +17,7 @@ from monitor.app import Daemon, Running, start
 from monitor.clock import SystemClock
 from monitor.config import ConfigError, Settings, load_settings
 from monitor.log import configure
+from monitor.store import StoreError
 
 log = structlog.get_logger()
 
@@ -87,13 +88,23 @@ def run(config: Path | None) -> int:
             print(f"configuration error: {problem}", file=sys.stderr)
         return 2
     configure(settings.monitor_log_level)
-    return _until_signal(_serve(settings))
-
-
-async def _serve(settings: Settings) -> None:
-    running = await start(Daemon(settings, clock=SystemClock()))
+    daemon = Daemon(settings, clock=SystemClock())
     try:
-        await asyncio.Event().wait()
+        _until_signal(_serve(daemon))
+    except (StoreError, ConfigError) as exc:
+        message = "; ".join(exc.problems) if isinstance(exc, ConfigError) else str(exc)
+        print(f"rutter-monitor cannot start: {message}", file=sys.stderr)
+        return 1
+    if daemon.leadership_lost.is_set():
+        return 3  # a supervisor restarts the process, which then stands by
+    return 0
+
+
+async def _serve(daemon: Daemon) -> None:
+    """Serve until a signal (the caller cancels us) or until leadership is lost."""
+    running = await start(daemon)
+    try:
+        await daemon.leadership_lost.wait()
     finally:
         await running.stop()
 

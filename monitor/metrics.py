@@ -234,6 +234,10 @@ class Metrics:
         self.build_info = Gauge(
             "rutter_monitor_build_info", "Always 1; the version of the running daemon.", ["version"], registry=r,
         )  # fmt: skip
+        self.leader = Gauge(
+            "rutter_monitor_leader",
+            "1 on the replica that processes the inbox, polls Rutter and notifies; 0 on a standby.", registry=r,
+        )  # fmt: skip
         self.notifications = Counter(
             "rutter_monitor_notifications_total",
             "Notification delivery attempts by route (the configured route's name) and outcome.",

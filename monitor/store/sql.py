@@ -194,6 +194,11 @@ class SqlStore(AlertingQueries):
         """`sqlite` or `postgresql`."""
         return self._dialect
 
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine, for leadership (a dedicated connection holds the lock)."""
+        return self._engine
+
     async def migrate(self) -> None:
         """Run `alembic upgrade head` on this store's engine, one replica at a time on PostgreSQL."""
         async with self._guard("migrate"), self._engine.begin() as conn:
