@@ -100,7 +100,7 @@ class Daemon:
         self.limiter = SlidingWindowLimiter(s.monitor_rate_limit, 10.0, clock=self.clock)
         self.metrics.rate_budget_used.set_function(self.limiter.used_ratio)
         self.rutter = self._rutter_override or self._client()
-        self.processor = Processor(self.recorder, self.clock, self.rutter, fetch_timeout=STATUS_FETCH_TIMEOUT)
+        self.processor = Processor(self.recorder, self.clock, self.rutter, fast_wait=STATUS_FETCH_TIMEOUT)
         self._alert_session = aiohttp.ClientSession()  # Slack and Alertmanager
         self.engine: AlertEngine = build_engine(
             s,

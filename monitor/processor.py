@@ -23,6 +23,9 @@ log = structlog.get_logger()
 # Codes whose meaning depends on the status: readiness and batch completion, the disabled reason, what a reconnect
 # restored.
 UNKNOWN_PLATFORMS = frozenset({"unknown", "UNKNOWN"})
+# Codes whose stage effect depends on the status: worth waiting for a slow answer.
+STAGE_CODES = frozenset({"INITIAL_UPDATE", "HISTORICAL_UPDATE"})
+Fetched = tuple[StatusSnapshot | None, ConnectionDetails | None]
 NEEDS_STATUS = frozenset({"INITIAL_UPDATE", "HISTORICAL_UPDATE", "CONNECTION_DISABLED", "CONNECTION_UPDATED"})
 
 
@@ -42,13 +45,15 @@ class Processor:
         rutter: StatusSource | None,
         *,
         batch_size: int = 500,
-        fetch_timeout: float = 5.0,
+        fast_wait: float = 0.5,
+        fetch_timeout: float = 10.0,
         fetch_concurrency: int = 8,
     ) -> None:
         self._recorder = recorder
         self._clock = clock
         self._rutter = rutter
         self._batch_size = batch_size
+        self._fast_wait = fast_wait
         self._fetch_timeout = fetch_timeout
         self._fetch_slots = asyncio.Semaphore(fetch_concurrency)
         self._wake = asyncio.Event()
@@ -106,7 +111,13 @@ class Processor:
                 self.set_aside += 1
 
     async def process(self, rows: Sequence[InboxRecord]) -> None:
-        """Decide and commit one batch of inbox rows."""
+        """Decide and commit one batch of inbox rows.
+
+        Statuses are fetched for the webhooks that need one. After `fast_wait`, every connection that can go is
+        committed: an alert (a disable) must not wait on a slow Rutter; its reason follows from a later refresh.
+        Connections whose stage depends on a status still on its way (INITIAL_UPDATE, HISTORICAL_UPDATE, a first
+        sight) wait for it up to `fetch_timeout`, then commit in a second transaction, so a slow answer does not
+        turn a straight initial_sync -> ongoing into two transitions."""
         parsed: list[tuple[InboxRecord, dict[str, object]]] = []
         for row in rows:
             try:
@@ -114,7 +125,33 @@ class Processor:
             except ValueError:
                 body = {}
             parsed.append((row, body if isinstance(body, dict) else {}))
-        fetched = await self._fetch_all(parsed)
+        fetches = self._start_fetches(parsed)
+        try:
+            if fetches:
+                await asyncio.wait(fetches.values(), timeout=self._fast_wait)
+            waiting = {cid for cid, task in fetches.items() if not task.done() and self._stage_depends(cid, parsed)}
+            now_rows = [(row, body) for row, body in parsed if row.item.connection_id not in waiting]
+            later_rows = [(row, body) for row, body in parsed if row.item.connection_id in waiting]
+            await self._commit(now_rows, fetches)
+            if later_rows:
+                await asyncio.wait([fetches[cid] for cid in waiting])
+                await self._commit(later_rows, fetches)
+        finally:
+            for task in fetches.values():
+                task.cancel()  # a fetch whose answer came too late for this batch; the poller refreshes it
+            await asyncio.gather(*fetches.values(), return_exceptions=True)
+        self.processed += len(rows)
+
+    def _stage_depends(self, connection_id: str, parsed: Sequence[tuple[InboxRecord, dict[str, object]]]) -> bool:
+        if self._recorder.fleet.get(connection_id) is None:
+            return True
+        return any(row.item.connection_id == connection_id and row.item.code in STAGE_CODES for row, _ in parsed)
+
+    async def _commit(
+        self,
+        parsed: Sequence[tuple[InboxRecord, dict[str, object]]],
+        fetches: dict[str, asyncio.Task[Fetched]],
+    ) -> None:
         async with self._recorder.lock:
             unit = self._recorder.unit()
             now = self._clock.now()
@@ -123,7 +160,8 @@ class Processor:
                 connection_id = row.item.connection_id
                 if connection_id is None:
                     continue
-                status, details = fetched.get(connection_id, (None, None))
+                task = fetches.get(connection_id)
+                status, details = task.result() if task is not None and task.done() else (None, None)
                 update_url = body.get("update_url")
                 reason = body.get("disabled_reason") or body.get("reason")
                 event = WebhookReceived(
@@ -135,11 +173,11 @@ class Processor:
                 )
                 unit.apply(connection_id, event, now, access_token=row.item.access_token)
             await self._recorder.commit(unit)
-        self.processed += len(rows)
 
-    async def _fetch_all(
+    def _start_fetches(
         self, parsed: Sequence[tuple[InboxRecord, dict[str, object]]]
-    ) -> dict[str, tuple[StatusSnapshot | None, ConnectionDetails | None]]:
+    ) -> dict[str, asyncio.Task[Fetched]]:
+        """One status fetch per connection that needs one (and the details of a connection never seen)."""
         wanted: dict[str, tuple[str, bool]] = {}
         for row, _ in parsed:
             cid = row.item.connection_id
@@ -153,10 +191,12 @@ class Processor:
                 wanted[cid] = (token, True)
             elif row.item.code in NEEDS_STATUS:
                 wanted.setdefault(cid, (token, False))
-        if not wanted or self._rutter is None:
+        if self._rutter is None:
             return {}
-        results = await asyncio.gather(*(self._fetch(cid, tok, det) for cid, (tok, det) in wanted.items()))
-        return dict(zip(wanted, results, strict=True))
+        return {
+            cid: asyncio.create_task(self._fetch(cid, tok, det), name=f"status-fetch-{cid}")
+            for cid, (tok, det) in wanted.items()
+        }
 
     async def _fetch(
         self, connection_id: str, token: str, with_details: bool

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from monitor.clock import FakeClock
-from monitor.domain import ConnectionDetails, StatusSnapshot
+from monitor.domain import ConnectionDetails, ConnectionState, Health, LifecycleStage, StatusSnapshot
 from monitor.fleet import Fleet
 from monitor.lifecycle import LifecycleSettings
 from monitor.metrics import Metrics
@@ -70,5 +72,83 @@ async def test_a_poison_event_is_set_aside_and_the_rest_is_processed(tmp_path: P
         assert (await store.inbox_backlog())[0] == 0
         assert sorted(s.id for s in fleet.live()) == ["c1", "c3"]
         assert await processor.drain() == 0
+    finally:
+        await store.close()
+
+
+class GatedRutter:
+    """A Rutter whose status answers are held until the test releases them."""
+
+    def __init__(self, statuses: dict[str, StatusSnapshot]) -> None:
+        self.statuses = statuses
+        self.release = asyncio.Event()
+
+    async def fetch_status(self, access_token: str) -> StatusSnapshot:
+        await self.release.wait()
+        return self.statuses[access_token.removeprefix("token-")]
+
+    async def fetch_connection(self, access_token: str) -> ConnectionDetails:
+        cid = access_token.removeprefix("token-")
+        return ConnectionDetails(id=cid, platform="XERO")
+
+
+def known(cid: str, stage: LifecycleStage, now: datetime) -> ConnectionState:
+    return ConnectionState(
+        id=cid,
+        platform="XERO",
+        lifecycle_stage=stage,
+        health=Health.HEALTHY,
+        stage_since=now,
+        health_since=now,
+        first_seen_at=now,
+        updated_at=now,
+        access_token=f"token-{cid}",
+        created_at=now,
+        last_status_at=now,
+    )
+
+
+def status(cid: str, *, ready: bool, disabled: bool = False) -> StatusSnapshot:
+    return StatusSnapshot(
+        connection_id=cid,
+        platform="XERO",
+        is_ready=ready,
+        needs_update=False,
+        is_disabled=disabled,
+        historical_sync_completed=True,
+        disabled_reason="SHOP_IS_LOCKED" if disabled else None,
+    )
+
+
+async def test_a_slow_status_holds_back_a_stage_change_but_not_a_disable(tmp_path: Path) -> None:
+    """With Rutter slow to answer, the disable commits after the short wait (without its reason) while the
+    INITIAL_UPDATE waits for its status and then makes one straight initial_sync -> ongoing transition."""
+    clock = FakeClock(datetime(2026, 3, 1, tzinfo=UTC))
+    store = await open_store(f"sqlite+aiosqlite:///{tmp_path}/p.db", clock=clock)
+    try:
+        now = clock.now()
+        states = [known("ready-1", LifecycleStage.INITIAL_SYNC, now), known("off-1", LifecycleStage.ONGOING, now)]
+        await store.save(states)
+        fleet = Fleet(states)
+        recorder = Recorder(store, fleet, Metrics(CollectorRegistry()), LifecycleSettings())
+        rutter = GatedRutter(
+            {"ready-1": status("ready-1", ready=True), "off-1": status("off-1", ready=True, disabled=True)}
+        )
+        processor = Processor(recorder, clock, rutter, fast_wait=0.05)
+        disable = dataclasses.replace(item("off-1", now), code="CONNECTION_DISABLED", body_hash="h-off")
+        await store.insert_inbox([item("ready-1", now), disable])
+        task = asyncio.create_task(processor.drain())
+        for _ in range(500):
+            if fleet.get("off-1").health is Health.DISABLED:  # type: ignore[union-attr]
+                break
+            await asyncio.sleep(0.01)
+        assert fleet.get("off-1").health is Health.DISABLED  # type: ignore[union-attr]
+        assert fleet.get("ready-1").lifecycle_stage is LifecycleStage.INITIAL_SYNC  # type: ignore[union-attr]
+        rutter.release.set()
+        assert await task == 2
+        assert fleet.get("ready-1").lifecycle_stage is LifecycleStage.ONGOING  # type: ignore[union-attr]
+        history = [(t.from_, t.to) for t in await store.transitions("ready-1")]
+        assert history == [("initial_sync", "ongoing")]
+        assert "off-1" in recorder.urgent  # its reason comes with the next status refresh
     finally:
         await store.close()
