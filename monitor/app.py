@@ -22,7 +22,7 @@ from monitor.alerting.routing import routing_problems
 from monitor.api import AdminApi
 from monitor.clock import Clock, SystemClock
 from monitor.config import ConfigError, Settings, format_duration
-from monitor.fleet import Fleet
+from monitor.fleet import Fleet, settle_heap
 from monitor.ingest import DedupeIndex, InboxWriter, WebhookEndpoint
 from monitor.leader import leadership_for
 from monitor.lifecycle import LifecycleSettings
@@ -146,6 +146,7 @@ class Daemon:
             self.fleet.put(state)
             if state.deleted_at is None:
                 self.metrics.ensure_platform(state.platform)
+        settle_heap()
         await self.engine.start()
         effective = self.poller.effective_status_interval(len(self.fleet))
         if effective > s.monitor_status_interval:

@@ -26,6 +26,7 @@ from monitor.domain import (
     StatusSnapshot,
     Tick,
 )
+from monitor.fleet import settle_heap
 from monitor.lifecycle import InventoryPlan, plan_inventory
 from monitor.recorder import Recorder
 from monitor.rutter.errors import InvalidCredentialsError, NotReadyError, RutterError
@@ -34,6 +35,7 @@ from monitor.store import StoreError
 log = structlog.get_logger()
 
 YIELD_EVERY = 2000
+SETTLE_AFTER_NEW = 1000  # an inventory that added more connections than this freezes the heap again
 LISTED_HEALTH = {
     "active": Health.HEALTHY,
     "not_ready": Health.HEALTHY,
@@ -60,15 +62,28 @@ class PollSettings:
     status_share: float = 0.8  # of the budget, left for refreshes; the rest serves inventories and webhook fetches
     concurrency: int = 8
 
+    @property
+    def watch_interval(self) -> timedelta:
+        """Refresh period of in-progress, unhealthy and recently changed connections: a quarter of the status
+        interval, never below the inventory interval. The inventory already sees every coarse change (ready,
+        unhealthy, disabled, needs re-auth) and fetches that connection's status at once; these refreshes only
+        follow batch progress and details, which the alert thresholds measure in hours (bench/economy.py)."""
+        return max(self.inventory_interval, self.status_interval / 4)
+
 
 def refresh_interval(state: ConnectionState, now: datetime, settings: PollSettings) -> timedelta:
-    """How often this connection's status is worth a request: in-progress, unhealthy and recently changed ones often;
-    healthy ongoing ones once per status interval."""
+    """How often this connection's status is worth a request: in-progress, unhealthy and recently changed ones every
+    watch interval; healthy ongoing ones once per status interval."""
     if state.lifecycle_stage is not LifecycleStage.ONGOING or state.health is Health.UNHEALTHY:
-        return settings.inventory_interval
-    if now - state.updated_at < settings.status_interval:
-        return settings.inventory_interval
+        return settings.watch_interval
+    if _recently_changed(state, now - settings.status_interval):
+        return settings.watch_interval
     return settings.status_interval
+
+
+def _recently_changed(state: ConnectionState, after: datetime) -> bool:
+    """Changed since `after`; being seen for the first time is not a change (else a new fleet is all "recent")."""
+    return state.updated_at > after and state.updated_at != state.first_seen_at
 
 
 def _rank(state: ConnectionState, now: datetime, settings: PollSettings) -> int:
@@ -76,7 +91,7 @@ def _rank(state: ConnectionState, now: datetime, settings: PollSettings) -> int:
         return 1
     if state.health is Health.UNHEALTHY:
         return 2
-    if now - state.updated_at < settings.status_interval:
+    if _recently_changed(state, now - settings.status_interval):
         return 3
     return 4
 
@@ -94,7 +109,7 @@ def iter_due(
     arithmetic per connection blocked the event loop for a third of a second (bench/scale.py)."""
     ongoing, unhealthy = LifecycleStage.ONGOING, Health.UNHEALTHY
     recent_after = now - settings.status_interval  # updated after this: "recently changed"
-    inventory_cut = now - settings.inventory_interval  # last polled at or before the cut-off: due
+    watch_cut = now - settings.watch_interval  # last polled at or before the cut-off: due
     for position, state in enumerate(states, start):
         if state.deleted_at is not None or not state.access_token:
             continue
@@ -103,11 +118,11 @@ def iter_due(
             yield (0, -0.0, position, state)
             continue
         if state.lifecycle_stage is not ongoing:
-            rank, cut = 1, inventory_cut
+            rank, cut = 1, watch_cut
         elif state.health is unhealthy:
-            rank, cut = 2, inventory_cut
-        elif state.updated_at > recent_after:
-            rank, cut = 3, inventory_cut
+            rank, cut = 2, watch_cut
+        elif state.updated_at > recent_after and state.updated_at != state.first_seen_at:
+            rank, cut = 3, watch_cut
         else:
             rank, cut = 4, recent_after  # now - status_interval
         if last <= cut:
@@ -176,6 +191,7 @@ class Poller:
             log.warning("poll failed", task="inventory", error=type(exc).__name__, detail=str(exc))
             return False
         fetched = await self._details_for_changes(listings)
+        known_before = len(self._recorder.fleet)
         try:
             await self._apply_inventory(listings, fetched)
         except StoreError as exc:
@@ -187,6 +203,8 @@ class Poller:
         metrics.last_inventory.set(now.timestamp())
         metrics.poll_runs.labels("inventory", "success").inc()
         self.inventories += 1
+        if len(self._recorder.fleet) - known_before > SETTLE_AFTER_NEW:
+            settle_heap()
         log.info("inventory done", listed=len(listings))
         return True
 
@@ -198,7 +216,8 @@ class Poller:
         expected = LISTED_HEALTH.get(listing.status or "")
         if expected is not None and expected is not state.health:
             return True
-        return listing.status == "active" and state.lifecycle_stage is not LifecycleStage.ONGOING
+        # ready now: only a connection still in initial sync moves (historical_sync is listed active all along)
+        return listing.status == "active" and state.lifecycle_stage is LifecycleStage.INITIAL_SYNC
 
     async def _details_for_changes(
         self, listings: list[Listing]
