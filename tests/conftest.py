@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-pytest_plugins: list[str] = ["tests.pg"]
+pytest_plugins: list[str] = ["tests.pg", "tests.alertmanager"]

@@ -8,7 +8,7 @@ import asyncio
 import io
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -27,10 +27,9 @@ from monitor.clock import FakeClock
 from monitor.config import Settings
 from monitor.domain import Health, LifecycleStage
 from monitor.simulator import Simulator, SimulatorConfig
+from tests.alertmanager import active_alerts
 from tests.fakeslack import DEFAULT_TOKEN, FakeSlack
 from tests.harness import Rig, free_port
-from tests.test_alertmanager_sink import AM_CONFIG, AmProcess, _wait_ready, active_alerts
-from tests.tools import require_tool
 
 
 @dataclass
@@ -351,39 +350,6 @@ async def test_demo_prints_notifications_to_the_console(tmp_path: Path) -> None:
         assert out.startswith("[slack] [WARNING] Connection needs update")
         assert cid in out
         assert f"https://link.rutterapi.com/connection/{cid}" in out  # the re-auth link is the action
-
-
-@pytest.fixture
-def am_process(tmp_path: Path) -> Iterator[AmProcess]:
-    binary = require_tool("prometheus-alertmanager", "alertmanager")
-    config = tmp_path / "am.yml"
-    config.write_text(AM_CONFIG)
-    port = free_port()
-    log_path = tmp_path / "alertmanager.log"
-    args = [
-        f"--config.file={config}",
-        f"--storage.path={tmp_path / 'am-data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--cluster.listen-address=",
-    ]
-    with log_path.open("wb") as log:
-        yield AmProcess(binary, args, f"http://127.0.0.1:{port}", log, log_path)
-
-
-@pytest.fixture
-async def alertmanager(am_process: AmProcess) -> AsyncIterator[str]:
-    """A running Alertmanager's URL; the process started here is stopped by its handle at teardown."""
-    proc = await asyncio.create_subprocess_exec(
-        am_process.binary, *am_process.args, stdout=am_process.log, stderr=asyncio.subprocess.STDOUT
-    )
-    try:
-        async with aiohttp.ClientSession() as session:
-            await _wait_ready(session, am_process, proc)
-        yield am_process.url
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            await proc.wait()
 
 
 async def wait_alerts(http: aiohttp.ClientSession, url: str, count: int) -> list[dict[str, Any]]:
