@@ -21,6 +21,7 @@ from monitor.domain import (
     Transition,
 )
 from monitor.fleet import FleetSnapshot
+from monitor.rutter.client import Endpoint
 
 MIN, HOUR, DAY = 60.0, 3600.0, 86400.0
 READY_BUCKETS = (
@@ -252,6 +253,9 @@ class Metrics:
         for task in ("inventory", "status", "prune"):
             for outcome in ("success", "error"):
                 self.poll_runs.labels(task, outcome)
+        for endpoint in Endpoint:  # the series set is fixed from the start, not from each endpoint's first use
+            self.api_duration.labels(endpoint)
+            self.api_requests.labels(endpoint, "200")
         for code in (*sorted(CONNECTION_CODES), "ENTITY", "OTHER"):
             for outcome in ("accepted", "duplicate"):
                 self.webhooks.labels(code, outcome)
