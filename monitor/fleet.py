@@ -48,15 +48,9 @@ class Fleet:
     def get(self, connection_id: str) -> ConnectionState | None:
         return self._by_id.get(connection_id)
 
-    def __iter__(self) -> Iterator[ConnectionState]:
-        return iter(list(self._by_id.values()))
-
     def live(self) -> Iterator[ConnectionState]:
         """Connections not deleted."""
         return (s for s in list(self._by_id.values()) if s.deleted_at is None)
-
-    def live_ids(self) -> set[str]:
-        return {s.id for s in self._by_id.values() if s.deleted_at is None}
 
     def put(self, state: ConnectionState) -> None:
         """Insert or replace one connection and keep the aggregates right."""

@@ -4,7 +4,7 @@ the fleet are built at scrape time from a Fleet snapshot by a custom collector, 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -71,7 +71,6 @@ class Gauges:
     outbox_pending: int = 0
     outbox_oldest_age_seconds: float = 0.0
     status_refresh_lag_seconds: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 class FleetCollector(Collector):

@@ -71,32 +71,7 @@ class PollSettings:
         return max(self.inventory_interval, self.status_interval / 4)
 
 
-def refresh_interval(state: ConnectionState, now: datetime, settings: PollSettings) -> timedelta:
-    """How often this connection's status is worth a request: in-progress, unhealthy and recently changed ones every
-    watch interval; healthy ongoing ones once per status interval."""
-    if state.lifecycle_stage is not LifecycleStage.ONGOING or state.health is Health.UNHEALTHY:
-        return settings.watch_interval
-    if _recently_changed(state, now - settings.status_interval):
-        return settings.watch_interval
-    return settings.status_interval
-
-
-def _recently_changed(state: ConnectionState, after: datetime) -> bool:
-    """Changed since `after`; being seen for the first time is not a change (else a new fleet is all "recent")."""
-    return state.updated_at > after and state.updated_at != state.first_seen_at
-
-
-def _rank(state: ConnectionState, now: datetime, settings: PollSettings) -> int:
-    if state.lifecycle_stage is not LifecycleStage.ONGOING:
-        return 1
-    if state.health is Health.UNHEALTHY:
-        return 2
-    if _recently_changed(state, now - settings.status_interval):
-        return 3
-    return 4
-
-
-# (rank, -overdue seconds, position, state): sorts like due_order's key, ties in fleet order, states never compared
+# (rank, -overdue seconds, position, state): most urgent first, then most overdue, ties in fleet order
 DueItem = tuple[int, float, int, ConnectionState]
 SCAN_CHUNK = 5000  # connections scanned per slice of the status tick, between which the event loop runs
 
@@ -104,8 +79,10 @@ SCAN_CHUNK = 5000  # connections scanned per slice of the status tick, between w
 def iter_due(
     states: Iterable[ConnectionState], urgent: set[str], now: datetime, settings: PollSettings, start: int = 0
 ) -> Iterator[DueItem]:
-    """The due connections as sortable items. `_rank` and `refresh_interval` inlined as datetime comparisons against
-    cut-offs computed once: the poller scans every connection each tick, and at 100,000 connections the timedelta
+    """The connections whose refresh is due, as sortable items. Rank 0: urgent or never polled; 1: initial or
+    historical sync; 2: unhealthy; 3: recently changed (being seen for the first time is not a change); these are due
+    every watch interval. Rank 4: healthy ongoing, due every status interval. Written as datetime comparisons against
+    cut-offs computed once: the poller scans every connection each tick, and at 100,000 connections timedelta
     arithmetic per connection blocked the event loop for a third of a second (bench/scale.py)."""
     ongoing, unhealthy = LifecycleStage.ONGOING, Health.UNHEALTHY
     recent_after = now - settings.status_interval  # updated after this: "recently changed"
@@ -129,19 +106,11 @@ def iter_due(
             yield (rank, -(cut - last).total_seconds(), position, state)
 
 
-def due_order(
-    states: Iterable[ConnectionState], urgent: set[str], now: datetime, settings: PollSettings
-) -> list[tuple[float, ConnectionState]]:
-    """Connections whose refresh is due with how overdue each is (seconds): urgent and never-polled first, then
-    initial and historical sync, unhealthy, recently changed, and healthy ongoing last; most overdue first within."""
-    return [(-negative, state) for _, negative, _, state in sorted(iter_due(states, urgent, now, settings))]
-
-
 async def most_due(
     states: Sequence[ConnectionState], urgent: set[str], now: datetime, settings: PollSettings, limit: int
 ) -> tuple[list[ConnectionState], float]:
-    """`due_order(...)[:limit]` and the largest overdue (0 when none), scanned in slices that give the event loop
-    back in between, keeping only the best `limit` items at a time."""
+    """The `limit` most due connections (`iter_due` order) and the largest overdue (0 when none), scanned in slices
+    that give the event loop back in between, keeping only the best `limit` items at a time."""
     best: list[DueItem] = []
     worst = 0.0
     for begin in range(0, len(states), SCAN_CHUNK):

@@ -129,7 +129,12 @@ class Processor:
         try:
             if fetches:
                 await asyncio.wait(fetches.values(), timeout=self._fast_wait)
-            waiting = {cid for cid, task in fetches.items() if not task.done() and self._stage_depends(cid, parsed)}
+            staged = {row.item.connection_id for row, _ in parsed if row.item.code in STAGE_CODES}
+            waiting = {
+                cid
+                for cid, task in fetches.items()
+                if not task.done() and (cid in staged or self._recorder.fleet.get(cid) is None)
+            }
             now_rows = [(row, body) for row, body in parsed if row.item.connection_id not in waiting]
             later_rows = [(row, body) for row, body in parsed if row.item.connection_id in waiting]
             await self._commit(now_rows, fetches)
@@ -141,11 +146,6 @@ class Processor:
                 task.cancel()  # a fetch whose answer came too late for this batch; the poller refreshes it
             await asyncio.gather(*fetches.values(), return_exceptions=True)
         self.processed += len(rows)
-
-    def _stage_depends(self, connection_id: str, parsed: Sequence[tuple[InboxRecord, dict[str, object]]]) -> bool:
-        if self._recorder.fleet.get(connection_id) is None:
-            return True
-        return any(row.item.connection_id == connection_id and row.item.code in STAGE_CODES for row, _ in parsed)
 
     async def _commit(
         self,
