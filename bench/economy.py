@@ -62,6 +62,7 @@ class Detection:
     gone: int = 0  # deleted before being seen
     previous: dict[str, Health] = field(default_factory=dict)
     kinds: Counter[str] = field(default_factory=Counter)
+    late_ones: list[str] = field(default_factory=list)
 
     def observe(
         self, now: datetime, real: dict[str, tuple[Health, datetime]], seen: Callable[[str], Health | None]
@@ -79,7 +80,10 @@ class Detection:
             self.gone += 1
         for cid, (health, changed_at) in list(self.pending.items()):
             if seen(cid) == health:
-                self.delays.append((now - changed_at).total_seconds())
+                delay = (now - changed_at).total_seconds()
+                self.delays.append(delay)
+                if delay > self.window.total_seconds():
+                    self.late_ones.append(f"{cid} to {health.value} at {changed_at:%H:%M:%S}, seen {now:%H:%M:%S}")
                 del self.pending[cid]
 
     def late(self, now: datetime) -> int:
@@ -99,14 +103,66 @@ class Detection:
                 f"{self.late(now) - seen_late} still unseen after it")  # fmt: skip
 
 
-async def drive(clock: FakeClock, coro: Coroutine[Any, Any, T], step: float = 1.0) -> T:
-    """Run `coro`, moving the clock `step` seconds whenever something sleeps on it (the rate budget)."""
+class Inventories:
+    """The daemon's inventory job on its schedule: started when the virtual clock reaches each multiple of the
+    interval, whatever else is running then, as the daemon's scheduler starts it."""
+
+    def __init__(self, clock: FakeClock, job: Callable[[], Coroutine[Any, Any, object]], interval: timedelta) -> None:
+        self.clock, self.job, self.interval = clock, job, interval
+        self.due = clock.now()
+        self.task: asyncio.Task[object] | None = None
+        self.passes: list[str] = []  # each pass, from its start to its end on the virtual clock
+        self._began = self.due
+
+    def poll(self) -> None:
+        if self.task is not None and self.task.done():
+            self.task.result()
+            self.passes.append(f"{self._began:%H:%M:%S}-{self.clock.now():%H:%M:%S}")
+            self.task = None
+        if self.task is None and self.clock.now() >= self.due:
+            self._began = self.clock.now()
+            self.task = asyncio.ensure_future(self.job())
+            while self.due <= self.clock.now():
+                self.due += self.interval
+
+    @property
+    def busy(self) -> bool:
+        return self.task is not None
+
+
+async def drive(clock: FakeClock, coro: Coroutine[Any, Any, T], jobs: Inventories, step: float = 1.0) -> T:
+    """Run `coro` (and any inventory that falls due meanwhile), moving the clock `step` seconds whenever something
+    sleeps on it (the rate budget)."""
     task = asyncio.ensure_future(coro)
-    while not task.done():
+    jobs.poll()
+    while not task.done() or jobs.busy:
         await asyncio.sleep(0.001)
-        if not task.done() and clock.waiting:
+        jobs.poll()
+        if (not task.done() or jobs.busy) and clock.waiting:
             await clock.advance(step)
+            jobs.poll()
     return task.result()
+
+
+class Counted:
+    """The daemon's Rutter client, counting status and connection fetches by who asked (diagnostics only)."""
+
+    def __init__(self, inner: Any, caller: str, counts: Counter[str]) -> None:
+        self._inner, self._caller, self._counts = inner, caller, counts
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def _count(self, what: str, kwargs: dict[str, Any]) -> None:
+        self._counts[f"{what} by {self._caller}{' (refresh)' if kwargs.get('background') else ''}"] += 1
+
+    async def fetch_status(self, token: str, **kwargs: Any) -> Any:
+        self._count("status", kwargs)
+        return await self._inner.fetch_status(token, **kwargs)
+
+    async def fetch_connection(self, token: str, **kwargs: Any) -> Any:
+        self._count("connection", kwargs)
+        return await self._inner.fetch_connection(token, **kwargs)
 
 
 async def run_daemon(args: argparse.Namespace, work: Path, sim_config: SimulatorConfig) -> dict[str, Any]:
@@ -128,6 +184,10 @@ async def run_daemon(args: argparse.Namespace, work: Path, sim_config: Simulator
     started = time.perf_counter()
     try:
         detection.observe(clock.now(), truth(sim), lambda cid: None)
+        callers: Counter[str] = Counter()
+        daemon.poller._api = Counted(daemon.poller._api, "poller", callers)  # type: ignore[attr-defined]
+        daemon.processor._rutter = Counted(daemon.processor._rutter, "webhook", callers)  # type: ignore[attr-defined]
+        inventories = Inventories(clock, daemon.poller.inventory, interval)
         t0 = clock.now()
         ticks = int(args.minutes * 60 / TICK)
         for k in range(ticks + 1):
@@ -135,10 +195,8 @@ async def run_daemon(args: argparse.Namespace, work: Path, sim_config: Simulator
             if clock.now() < target:
                 await clock.advance((target - clock.now()).total_seconds())
             await sim.step()
-            await drive(clock, daemon.processor.drain())
-            if k % int(interval.total_seconds() / TICK) == 0:
-                await drive(clock, daemon.poller.inventory())
-            await drive(clock, daemon.poller.refresh_statuses())
+            await drive(clock, daemon.processor.drain(), inventories)
+            await drive(clock, daemon.poller.refresh_statuses(), inventories)
 
             def seen(cid: str) -> Health | None:
                 state = daemon.fleet.get(cid)
@@ -152,7 +210,7 @@ async def run_daemon(args: argparse.Namespace, work: Path, sim_config: Simulator
             "max_in_window": stats["max_in_window"], "detection": detection, "now": clock.now(),
             "webhooks": f"{deliveries.delivered} delivered, {deliveries.dropped} dropped, "
                         f"{deliveries.duplicated} sent twice",
-            "seconds": time.perf_counter() - started,
+            "seconds": time.perf_counter() - started, "passes": inventories.passes, "callers": callers,
         }  # fmt: skip
     finally:
         await running.stop()
@@ -217,6 +275,11 @@ async def main() -> None:
                         "changes late or missed"], rows))  # fmt: skip
     print(f"\ndaemon detection: {daemon['detection'].summary(daemon['now'])}")
     print(f"naive detection:  {naive['detection'].summary(naive['now'])}")
+    for line in daemon["detection"].late_ones:
+        print(f"  daemon late: {line}")
+    print(f"daemon fetches by caller: {dict(sorted(daemon['callers'].items()))}")
+    if daemon["detection"].late_ones:
+        print(f"  daemon inventory passes: {', '.join(daemon['passes'])}")
     print(f"changes: {dict(daemon['detection'].kinds)}; webhooks: {daemon['webhooks']}")
     share = daemon["requests"] / naive["requests"]
     same = daemon["detection"].late(daemon["now"]) == 0

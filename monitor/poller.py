@@ -28,29 +28,23 @@ from monitor.domain import (
 )
 from monitor.fleet import settle_heap
 from monitor.lifecycle import InventoryPlan, plan_inventory
+from monitor.ratelimit import RESERVED_SHARE
 from monitor.recorder import Recorder
 from monitor.rutter.errors import InvalidCredentialsError, NotReadyError, RutterError
 from monitor.store import StoreError
 
 log = structlog.get_logger()
 
-YIELD_EVERY = 2000
+YIELD_EVERY = 2000  # give the event loop back this often while walking a large fleet
 SETTLE_AFTER_NEW = 1000  # an inventory that added more connections than this freezes the heap again
-LISTED_HEALTH = {
-    "active": Health.HEALTHY,
-    "not_ready": Health.HEALTHY,
-    "unhealthy": Health.UNHEALTHY,
-    "needs_reauth": Health.NEEDS_UPDATE,
-    "disabled": Health.DISABLED,
-}  # give the event loop back this often while walking a large fleet
 
 
 class RutterApi(Protocol):
     async def list_connections(self, status: str = "any") -> list[Listing]: ...
 
-    async def fetch_status(self, access_token: str) -> StatusSnapshot: ...
+    async def fetch_status(self, access_token: str, *, background: bool = False) -> StatusSnapshot: ...
 
-    async def fetch_connection(self, access_token: str) -> ConnectionDetails: ...
+    async def fetch_connection(self, access_token: str, *, background: bool = False) -> ConnectionDetails: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,16 +53,8 @@ class PollSettings:
     status_interval: timedelta
     rate_limit: int  # requests per 10 s the monitor may spend
     status_tick: timedelta = timedelta(seconds=10)
-    status_share: float = 0.8  # of the budget, left for refreshes; the rest serves inventories and webhook fetches
+    status_share: float = 1 - RESERVED_SHARE  # of the budget, for refreshes; the rest: inventories, webhook fetches
     concurrency: int = 8
-
-    @property
-    def watch_interval(self) -> timedelta:
-        """Refresh period of in-progress, unhealthy and recently changed connections: a quarter of the status
-        interval, never below the inventory interval. The inventory already sees every coarse change (ready,
-        unhealthy, disabled, needs re-auth) and fetches that connection's status at once; these refreshes only
-        follow batch progress and details, which the alert thresholds measure in hours (bench/economy.py)."""
-        return max(self.inventory_interval, self.status_interval / 4)
 
 
 # (rank, -overdue seconds, position, state): most urgent first, then most overdue, ties in fleet order
@@ -79,14 +65,20 @@ SCAN_CHUNK = 5000  # connections scanned per slice of the status tick, between w
 def iter_due(
     states: Iterable[ConnectionState], urgent: set[str], now: datetime, settings: PollSettings, start: int = 0
 ) -> Iterator[DueItem]:
-    """The connections whose refresh is due, as sortable items. Rank 0: urgent or never polled; 1: initial or
-    historical sync; 2: unhealthy; 3: recently changed (being seen for the first time is not a change); these are due
-    every watch interval. Rank 4: healthy ongoing, due every status interval. Written as datetime comparisons against
-    cut-offs computed once: the poller scans every connection each tick, and at 100,000 connections timedelta
-    arithmetic per connection blocked the event loop for a third of a second (bench/scale.py)."""
+    """The connections whose refresh is due, as sortable items. Rank 0: urgent or never polled, due at once. Every
+    other connection is due once its status is a status interval old, ranked for when the budget cannot serve them
+    all: 1 initial or historical sync, 2 unhealthy, 3 recently changed (being seen for the first time is not a
+    change), 4 healthy ongoing.
+
+    Nothing is refreshed more often than that: the inventory sees every coarse change (ready, unhealthy, disabled,
+    needs re-auth) within one inventory interval, fetching at once the status of a disable, a needs-update or a
+    newly ready connection, and webhooks bring stage moves with their own fetch. Refreshes only follow batch progress and sync freshness, which the alert
+    thresholds measure in hours; refreshing in-progress connections every few minutes cost 2.6x the requests for
+    the same detection (bench/economy.py). Written as datetime comparisons against a cut-off computed once: the
+    poller scans every connection each tick, and at 100,000 connections timedelta arithmetic per connection blocked
+    the event loop for a third of a second (bench/scale.py)."""
     ongoing, unhealthy = LifecycleStage.ONGOING, Health.UNHEALTHY
-    recent_after = now - settings.status_interval  # updated after this: "recently changed"
-    watch_cut = now - settings.watch_interval  # last polled at or before the cut-off: due
+    cut = now - settings.status_interval  # last polled at or before the cut-off: due; updated after it: recent
     for position, state in enumerate(states, start):
         if state.deleted_at is not None or not state.access_token:
             continue
@@ -94,16 +86,17 @@ def iter_due(
         if last is None or state.id in urgent:
             yield (0, -0.0, position, state)
             continue
+        if last > cut:
+            continue
         if state.lifecycle_stage is not ongoing:
-            rank, cut = 1, watch_cut
+            rank = 1
         elif state.health is unhealthy:
-            rank, cut = 2, watch_cut
-        elif state.updated_at > recent_after and state.updated_at != state.first_seen_at:
-            rank, cut = 3, watch_cut
+            rank = 2
+        elif state.updated_at > cut and state.updated_at != state.first_seen_at:
+            rank = 3
         else:
-            rank, cut = 4, recent_after  # now - status_interval
-        if last <= cut:
-            yield (rank, -(cut - last).total_seconds(), position, state)
+            rank = 4
+        yield (rank, -(cut - last).total_seconds(), position, state)
 
 
 async def most_due(
@@ -178,14 +171,17 @@ class Poller:
         return True
 
     def _changed(self, listing: Listing) -> bool:
-        """Does the listing announce a change the status can explain (a health change's reason, a stage move)?"""
+        """Does the listing announce a change whose record needs the status? A disable (its reason goes on the
+        transition), a needs-update (the store name goes in the alert), or the end of the initial sync (historical
+        or ongoing next: historical_sync is listed active all along). Unhealthy and back to healthy are recorded
+        from the listing alone: the status adds nothing to them, and fetching it only delays the inventory."""
         state = self._recorder.fleet.get(listing.id)
         if state is None or state.deleted_at is not None:
             return False
-        expected = LISTED_HEALTH.get(listing.status or "")
-        if expected is not None and expected is not state.health:
-            return True
-        # ready now: only a connection still in initial sync moves (historical_sync is listed active all along)
+        if listing.status == "disabled":
+            return not state.is_disabled
+        if listing.status == "needs_reauth":
+            return not state.needs_update
         return listing.status == "active" and state.lifecycle_stage is LifecycleStage.INITIAL_SYNC
 
     async def _details_for_changes(
@@ -230,7 +226,9 @@ class Poller:
         recorder.metrics.gauges.status_refresh_lag_seconds = lag
         if not chosen:
             return 0
-        results = await asyncio.gather(*(self._fetch(state.id, state.access_token or "") for state in chosen))
+        results = await asyncio.gather(
+            *(self._fetch(state.id, state.access_token or "", background=True) for state in chosen)
+        )
         ok = [(s, r) for s, r in zip(chosen, results, strict=True) if r[0] is not None]
         try:
             async with recorder.lock:
@@ -248,15 +246,19 @@ class Poller:
         recorder.metrics.poll_runs.labels("status", "success").inc()
         return len(ok)
 
-    async def _fetch(self, connection_id: str, token: str) -> tuple[StatusSnapshot | None, ConnectionDetails | None]:
-        """The status, plus the store name once for a connection likely to be named in an alert."""
+    async def _fetch(
+        self, connection_id: str, token: str, *, background: bool = False
+    ) -> tuple[StatusSnapshot | None, ConnectionDetails | None]:
+        """The status, plus the store name of a connection that has just become disabled or in need of an update,
+        which an alert will name and may be routed by. Routine refreshes
+        are `background`: they leave the rate limiter's reserve to the inventory and webhook fetches."""
         state = self._recorder.fleet.get(connection_id)
         async with self._slots:
             try:
-                status = await self._api.fetch_status(token)
+                status = await self._api.fetch_status(token, background=background)
                 details = None
-                if (state is None or state.store_name is None) and (status.is_disabled or status.needs_update):
-                    details = await self._api.fetch_connection(token)
+                if _newly_needs_action(state, status):
+                    details = await self._api.fetch_connection(token, background=background)
                 return status, details
             except NotReadyError:
                 return None, None
@@ -284,3 +286,14 @@ class Poller:
             for connection_id in waiting:
                 unit.apply(connection_id, Tick(), now)
             await self._recorder.commit(unit)
+
+
+def _newly_needs_action(state: ConnectionState | None, status: StatusSnapshot) -> bool:
+    """Does this status move the connection into disabled or needs-update, with no store name known yet? One seen so
+    at first sight (disabled before the monitor was installed) keeps the listing's name: fetching every such
+    store name cost 6% of an hour's requests at 10,000 connections (bench/economy.py)."""
+    if state is not None and state.store_name is not None:
+        return False
+    if state is None:
+        return status.is_disabled or status.needs_update
+    return (status.is_disabled and not state.is_disabled) or (status.needs_update and not state.needs_update)

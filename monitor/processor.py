@@ -120,10 +120,10 @@ class Processor:
         turn a straight initial_sync -> ongoing into two transitions."""
         parsed: list[tuple[InboxRecord, dict[str, object]]] = []
         for row in rows:
-            try:
-                body = json.loads(row.item.body)
-            except ValueError:
-                body = {}
+            body: object = {}
+            if row.item.is_lifecycle:  # only connection codes carry fields the lifecycle reads (update_url, reason)
+                with contextlib.suppress(ValueError):
+                    body = json.loads(row.item.body)
             parsed.append((row, body if isinstance(body, dict) else {}))
         fetches = self._start_fetches(parsed)
         try:
@@ -177,7 +177,8 @@ class Processor:
     def _start_fetches(
         self, parsed: Sequence[tuple[InboxRecord, dict[str, object]]]
     ) -> dict[str, asyncio.Task[Fetched]]:
-        """One status fetch per connection that needs one (and the details of a connection never seen)."""
+        """One status fetch per connection that needs one, with the details of a connection never seen or just
+        disabled without a known store name."""
         wanted: dict[str, tuple[str, bool]] = {}
         for row, _ in parsed:
             cid = row.item.connection_id
@@ -190,7 +191,10 @@ class Processor:
             if known is None or known.platform in UNKNOWN_PLATFORMS:
                 wanted[cid] = (token, True)
             elif row.item.code in NEEDS_STATUS:
-                wanted.setdefault(cid, (token, False))
+                # a disable's alert names the store and may be routed by its name: fetch it once
+                details = row.item.code == "CONNECTION_DISABLED" and known.store_name is None
+                previous = wanted.get(cid)
+                wanted[cid] = (previous[0] if previous else token, details or (previous is not None and previous[1]))
         if self._rutter is None:
             return {}
         return {

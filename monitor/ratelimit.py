@@ -16,23 +16,31 @@ from monitor.clock import Clock
 log = structlog.get_logger()
 
 
+RESERVED_SHARE = 0.2  # of the limit, kept from background requests for the ones that detect and explain changes
+
+
 class SlidingWindowLimiter:
     """No sliding window of `window` seconds ever holds more than `limit` acquisitions.
 
-    Windows are half-open: an acquisition at t and one at t + window are in different windows. Waiters are
-    served first come, first served; the one at the head of the queue sleeps on the clock until the oldest
-    acquisition of the last `limit` leaves the window."""
+    Windows are half-open: an acquisition at t and one at t + window are in different windows. Background
+    acquisitions (status refreshes) may fill the window only up to `limit - reserved`, so the inventory and
+    webhook-triggered fetches never queue behind a full tick of refreshes; they may use the whole limit. Each
+    class is served first come, first served; the head of a queue sleeps on the clock until enough of the
+    acquisitions in the window have left it."""
 
-    def __init__(self, limit: int, window: float = 10.0, *, clock: Clock) -> None:
+    def __init__(self, limit: int, window: float = 10.0, *, clock: Clock, reserved: int | None = None) -> None:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         if window <= 0:
             raise ValueError("window must be positive")
         self._limit = limit
+        self._reserved = int(limit * RESERVED_SHARE) if reserved is None else reserved
+        if not 0 <= self._reserved < limit:
+            raise ValueError("reserved must be at least 0 and below the limit")
         self._window = timedelta(seconds=window)
         self._clock = clock
         self._granted: deque[datetime] = deque()  # times of the last `limit` acquisitions, oldest first
-        self._turn = asyncio.Lock()  # FIFO: asyncio.Lock wakes its waiters in arrival order
+        self._turns = (asyncio.Lock(), asyncio.Lock())  # FIFO per class: asyncio.Lock wakes in arrival order
 
     @property
     def limit(self) -> int:
@@ -45,17 +53,20 @@ class SlidingWindowLimiter:
     def __repr__(self) -> str:
         return f"SlidingWindowLimiter(limit={self._limit}, window={self.window})"
 
-    async def acquire(self) -> None:
-        """Wait until one more request fits in the window, then count it; callers go in arrival order."""
-        async with self._turn:
+    async def acquire(self, *, background: bool = False) -> None:
+        """Wait until one more request fits in the window (a background one: under `limit - reserved`), then
+        count it; callers of a class go in arrival order."""
+        cap = self._limit - self._reserved if background else self._limit
+        async with self._turns[background]:
             while True:
                 now = self._clock.now()
                 self._expire(now)
-                if len(self._granted) < self._limit:
+                if len(self._granted) < cap:
                     self._granted.append(now)
                     return
-                wait = (self._granted[0] + self._window - now).total_seconds()
-                log.debug("rate budget exhausted", wait_seconds=round(wait, 3), limit=self._limit)
+                # room under the cap once the grant `cap` places from the newest leaves the window
+                wait = (self._granted[len(self._granted) - cap] + self._window - now).total_seconds()
+                log.debug("rate budget exhausted", wait_seconds=round(wait, 3), limit=cap)
                 await self._clock.sleep(wait)
 
     def used_ratio(self) -> float:

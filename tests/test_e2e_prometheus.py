@@ -102,7 +102,11 @@ async def _run_scenario(stack: Stack) -> None:
         await daemon.poller.refresh_statuses()  # counts the missed webhook once the grace is over
         return all(daemon.registry.get_sample_value(name, labels) == value for name, labels, value in expected)
 
-    await eventually(moved, 15, "the daemon saw the whole scenario", poll=0.5)
+    try:
+        await eventually(moved, 15, "the daemon saw the whole scenario", poll=0.5)
+    except AssertionError:
+        actual = [(name, labels, daemon.registry.get_sample_value(name, labels)) for name, labels, _ in expected]
+        raise AssertionError(f"expected {expected}, got {actual}") from None
     prom = stack.prometheus
     await eventually(
         lambda: prom.has_data(f'count_over_time(up{{job="{PROMETHEUS_JOB}"}}[1m]) >= 5'), 15, "five scrapes"

@@ -247,9 +247,11 @@ ROWS = [
         health=Health.DISABLED, pending=("CONNECTION_DISABLED",)),
     row("disabled-listing", known(), listing("disabled"), hm(OK, OFF, POLL), health=Health.DISABLED,
         pending=("CONNECTION_DISABLED",), wants_status=True),
-    # list status=unhealthy · status is_healthy: false (no webhook exists for it)
+    # list status=unhealthy · status is_healthy: false (no webhook exists for it); the status would add nothing
     row("unhealthy-listing-no-webhook-expected", known(), listing("unhealthy"), hm(OK, SICK, POLL),
-        health=Health.UNHEALTHY, wants_status=True),
+        health=Health.UNHEALTHY),
+    row("unhealthy-listing-recovers", known(is_unhealthy=True), listing("active"), hm(SICK, OK, POLL),
+        health=Health.HEALTHY),
     row("unhealthy-status-polled", known(), StatusPolled(status(healthy=False)), hm(OK, SICK, POLL),
         health=Health.UNHEALTHY),
     row("unhealthy-recovers-no-webhook-expected", known(is_unhealthy=True), StatusPolled(status()),

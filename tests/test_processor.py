@@ -152,3 +152,50 @@ async def test_a_slow_status_holds_back_a_stage_change_but_not_a_disable(tmp_pat
         assert "off-1" in recorder.urgent  # its reason comes with the next status refresh
     finally:
         await store.close()
+
+
+class CountingRutter:
+    """Answers every connection as disabled, with its store name, and counts the detail fetches."""
+
+    def __init__(self) -> None:
+        self.details: list[str] = []
+
+    async def fetch_status(self, access_token: str) -> StatusSnapshot:
+        return status(access_token.removeprefix("token-"), ready=True, disabled=True)
+
+    async def fetch_connection(self, access_token: str) -> ConnectionDetails:
+        cid = access_token.removeprefix("token-")
+        self.details.append(cid)
+        return ConnectionDetails(id=cid, platform="XERO", store_name=f"store {cid}")
+
+
+async def test_a_disable_fetches_the_store_name_only_when_none_is_known(tmp_path: Path) -> None:
+    """A disable's alert is named and routed by store name: fetched with its status once, then never again."""
+    clock = FakeClock(datetime(2026, 3, 1, tzinfo=UTC))
+    store = await open_store(f"sqlite+aiosqlite:///{tmp_path}/p.db", clock=clock)
+    try:
+        now = clock.now()
+        named = dataclasses.replace(known("named", LifecycleStage.ONGOING, now), store_name="Named Store")
+        states = [known("anon", LifecycleStage.ONGOING, now), named]
+        await store.save(states)
+        fleet = Fleet(states)
+        recorder = Recorder(store, fleet, Metrics(CollectorRegistry()), LifecycleSettings())
+        rutter = CountingRutter()
+        processor = Processor(recorder, clock, rutter)
+        disables = [
+            dataclasses.replace(item(cid, now), code="CONNECTION_DISABLED", body_hash=f"h-{cid}")
+            for cid in ("anon", "named")
+        ]
+        await store.insert_inbox(disables)
+        assert await processor.drain() == 2
+        assert rutter.details == ["anon"]
+        anon = fleet.get("anon")
+        assert anon is not None
+        assert anon.store_name == "store anon"
+        assert anon.health is Health.DISABLED
+        again = dataclasses.replace(disables[0], body_hash="h-anon-2")
+        await store.insert_inbox([again])
+        assert await processor.drain() == 1
+        assert rutter.details == ["anon"]
+    finally:
+        await store.close()

@@ -212,3 +212,65 @@ def test_any_arrival_pattern_gets_the_earliest_strict_fifo_schedule(limit: int, 
     granted = asyncio.run(run_schedule(arrivals, limit, window))
     assert granted == [g * STEP for g in expected_grants(arrivals, limit, window)]
     assert_strict(granted, limit, window * STEP)
+
+
+class ClassRecorder(Recorder):
+    """A Recorder whose acquirers say whether they are background requests."""
+
+    def spawn_as(self, key: int, *, background: bool) -> asyncio.Task[None]:
+        async def one() -> None:
+            await self.limiter.acquire(background=background)
+            self.granted[key] = (self.clock.now() - self.start).total_seconds()
+            self.order.append(key)
+
+        task = asyncio.create_task(one())
+        self.tasks.append(task)
+        return task
+
+
+async def test_background_requests_leave_the_reserve_to_the_others() -> None:
+    """Background acquisitions stop at limit - reserved; a foreground one then passes at once, not behind them."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(10, 10.0, clock=clock)  # 20% reserved: background may fill 8 of 10
+    rec = ClassRecorder(limiter, clock)
+    for key in range(12):
+        rec.spawn_as(key, background=True)
+    await drain()
+    assert sorted(rec.granted) == list(range(8))
+    for key in (100, 101, 102):
+        rec.spawn_as(key, background=False)
+    await drain()
+    assert rec.granted[100] == 0.0  # the reserve, although background requests wait
+    assert rec.granted[101] == 0.0
+    assert 102 not in rec.granted  # the whole limit is in use now
+    await clock.advance(10.0)
+    await drain()
+    assert rec.granted[102] == 10.0
+    assert sorted(k for k, at in rec.granted.items() if at == 10.0 and k < 100) == [8, 9, 10, 11]
+    for _ in range(3):
+        await clock.advance(10.0)
+        await drain()
+    await asyncio.wait_for(asyncio.gather(*rec.tasks), timeout=5)
+    assert_strict(list(rec.granted.values()), 10, 10.0)
+
+
+async def test_background_waiters_keep_their_order() -> None:
+    """Background acquisitions are first come, first served among themselves."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(5, 10.0, clock=clock, reserved=2)
+    rec = ClassRecorder(limiter, clock)
+    for key in range(7):
+        rec.spawn_as(key, background=True)
+    for _ in range(4):
+        await drain()
+        await clock.advance(10.0)
+    await asyncio.wait_for(asyncio.gather(*rec.tasks), timeout=5)
+    assert rec.order == list(range(7))
+    assert rec.granted == {0: 0.0, 1: 0.0, 2: 0.0, 3: 10.0, 4: 10.0, 5: 10.0, 6: 20.0}
+
+
+@pytest.mark.parametrize("reserved", [-1, 5, 6])
+def test_a_reserve_outside_the_limit_is_refused(reserved: int) -> None:
+    """The reserve must leave background requests at least one slot."""
+    with pytest.raises(ValueError, match="reserved"):
+        SlidingWindowLimiter(5, 10.0, clock=FakeClock(), reserved=reserved)

@@ -110,17 +110,19 @@ class RutterClient:
 
         return await self._get(Endpoint.LIST_CONNECTIONS, "/connections", {"status": status}, read)
 
-    async def fetch_status(self, access_token: str) -> StatusSnapshot:
-        """`GET /connections/status`: readiness, health flags, disabled reason, historical sync progress."""
+    async def fetch_status(self, access_token: str, *, background: bool = False) -> StatusSnapshot:
+        """`GET /connections/status`: readiness, health flags, disabled reason, historical sync progress.
+        `background` (a routine refresh) leaves the limiter's reserve to the requests that detect changes."""
         return await self._get(
             Endpoint.CONNECTION_STATUS,
             "/connections/status",
             {"access_token": access_token},
             _json_reader(parse_status),
             token=access_token,
+            background=background,
         )
 
-    async def fetch_connection(self, access_token: str) -> ConnectionDetails:
+    async def fetch_connection(self, access_token: str, *, background: bool = False) -> ConnectionDetails:
         """`GET /connections/access_token` ("Fetch a Connection"): store name and sync times."""
         return await self._get(
             Endpoint.CONNECTION,
@@ -128,6 +130,7 @@ class RutterClient:
             {"access_token": access_token},
             _json_reader(parse_details),
             token=access_token,
+            background=background,
         )
 
     async def _get(
@@ -138,6 +141,7 @@ class RutterClient:
         read: Callable[[aiohttp.ClientResponse], Awaitable[T]],
         *,
         token: str | None = None,
+        background: bool = False,
     ) -> T:
         secrets = (*self._secrets, token) if token else self._secrets
         wait_first = 0.0
@@ -155,7 +159,7 @@ class RutterClient:
                     await self._clock.sleep(wait_first)
                     wait_first = 0.0
                 try:
-                    return await self._attempt(endpoint, path, params, read, secrets)
+                    return await self._attempt(endpoint, path, params, read, secrets, background)
                 except RutterError as exc:
                     retry_after = exc.retry_after if isinstance(exc, RetryableError) else None
                     log.info(
@@ -181,8 +185,9 @@ class RutterClient:
         params: Mapping[str, str],
         read: Callable[[aiohttp.ClientResponse], Awaitable[T]],
         secrets: tuple[str, ...],
+        background: bool,
     ) -> T:
-        await self._limiter.acquire()
+        await self._limiter.acquire(background=background)
         started = time.perf_counter()
         outcome = "error"
         try:

@@ -1,0 +1,84 @@
+"""The status-refresh policy: what is due when, and in which order when the budget cannot serve everyone."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from monitor.domain import ConnectionState, Health, LifecycleStage
+from monitor.poller import PollSettings, iter_due, most_due
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+SETTINGS = PollSettings(inventory_interval=timedelta(minutes=5), status_interval=timedelta(hours=1), rate_limit=100)
+LONG_AGO = NOW - timedelta(days=3)
+
+
+def conn(cid: str, **changes: object) -> ConnectionState:
+    base = ConnectionState(
+        id=cid,
+        platform="SHOPIFY",
+        lifecycle_stage=LifecycleStage.ONGOING,
+        health=Health.HEALTHY,
+        stage_since=LONG_AGO,
+        health_since=LONG_AGO,
+        first_seen_at=LONG_AGO,
+        updated_at=LONG_AGO,
+        access_token=f"tok-{cid}",
+        last_status_at=NOW - timedelta(minutes=10),
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def due_ids(states: list[ConnectionState], urgent: set[str] | None = None) -> list[str]:
+    return [item[3].id for item in sorted(iter_due(states, urgent or set(), NOW, SETTINGS))]
+
+
+def test_nothing_is_refreshed_before_its_status_is_a_status_interval_old() -> None:
+    """Whatever its stage or health, a connection polled 59 minutes ago is not due; one polled an hour ago is."""
+    fresh = NOW - timedelta(minutes=59)
+    stale = NOW - timedelta(hours=1)
+    kinds: dict[str, dict[str, object]] = {
+        "initial": {"lifecycle_stage": LifecycleStage.INITIAL_SYNC},
+        "historical": {"lifecycle_stage": LifecycleStage.HISTORICAL_SYNC},
+        "unhealthy": {"health": Health.UNHEALTHY, "is_unhealthy": True},
+        "changed": {"updated_at": NOW - timedelta(minutes=30)},
+        "ongoing": {},
+    }
+    assert due_ids([conn(k, last_status_at=fresh, **v) for k, v in kinds.items()]) == []
+    assert sorted(due_ids([conn(k, last_status_at=stale, **v) for k, v in kinds.items()])) == sorted(kinds)
+
+
+def test_due_connections_come_most_urgent_first_then_most_overdue() -> None:
+    """Urgent and never-polled first, then in-progress, unhealthy, recently changed, healthy ongoing."""
+    hour_ago = NOW - timedelta(hours=1, minutes=1)
+    states = [
+        conn("ongoing-old", last_status_at=NOW - timedelta(hours=5)),
+        conn("ongoing", last_status_at=hour_ago),
+        conn("changed", last_status_at=hour_ago, updated_at=NOW - timedelta(minutes=30)),
+        conn("unhealthy", last_status_at=hour_ago, health=Health.UNHEALTHY, is_unhealthy=True),
+        conn("historical", last_status_at=hour_ago, lifecycle_stage=LifecycleStage.HISTORICAL_SYNC),
+        conn("never", last_status_at=None),
+        conn("urgent", last_status_at=NOW - timedelta(seconds=5)),
+    ]
+    assert due_ids(states, {"urgent"}) == [
+        "never",
+        "urgent",
+        "historical",
+        "unhealthy",
+        "changed",
+        "ongoing-old",
+        "ongoing",
+    ]
+
+
+def test_deleted_and_tokenless_connections_are_never_due() -> None:
+    """Without a token there is nothing to ask; a deleted connection is not asked about."""
+    assert due_ids([conn("gone", last_status_at=None, deleted_at=NOW), conn("anon", access_token=None)]) == []
+
+
+async def test_most_due_keeps_the_best_within_the_limit_and_reports_the_worst_lag() -> None:
+    """Across scan slices, the `limit` most due come back in order and the lag is the largest overdue."""
+    states = [conn(f"c{n:05}", last_status_at=NOW - timedelta(hours=1, seconds=n)) for n in range(12_000)]
+    chosen, lag = await most_due(states, set(), NOW, SETTINGS, limit=3)
+    assert [s.id for s in chosen] == ["c11999", "c11998", "c11997"]
+    assert lag == 11_999.0
