@@ -67,8 +67,12 @@ def _utc(value: datetime) -> datetime:
 
 
 def _bind_sqlite(value: datetime | None) -> str | None:
-    # "2026-01-01 12:00:00.000000", the layout SQLAlchemy's SQLite DATETIME uses, sortable as text.
-    return None if value is None else _utc(value).isoformat(" ", "microseconds")[:26]
+    return None if value is None else sqlite_text(value)
+
+
+def sqlite_text(value: datetime) -> str:
+    """ "2026-01-01 12:00:00.000000": the layout SQLAlchemy's SQLite DATETIME uses, sortable as text."""
+    return _utc(value).isoformat(" ", "microseconds")[:26]
 
 
 def _bind_aware(value: datetime | None) -> datetime | None:
