@@ -22,7 +22,7 @@ from monitor.alerting.routing import routing_problems
 from monitor.api import AdminApi
 from monitor.clock import Clock, SystemClock
 from monitor.config import ConfigError, Settings, format_duration
-from monitor.fleet import Fleet, settle_heap
+from monitor.fleet import Fleet, bulk_load
 from monitor.ingest import DedupeIndex, InboxWriter, WebhookEndpoint
 from monitor.leader import leadership_for
 from monitor.lifecycle import LifecycleSettings
@@ -142,11 +142,11 @@ class Daemon:
     async def _lead(self) -> None:
         """Become the replica that processes, polls and notifies: load the fleet and incidents, start the jobs."""
         s = self.settings
-        for state in await self.store.load_connections(include_deleted=True):
-            self.fleet.put(state)
-            if state.deleted_at is None:
-                self.metrics.ensure_platform(state.platform)
-        settle_heap()
+        with bulk_load():
+            for state in await self.store.load_connections(include_deleted=True):
+                self.fleet.put(state)
+                if state.deleted_at is None:
+                    self.metrics.ensure_platform(state.platform)
         await self.engine.start()
         effective = self.poller.effective_status_interval(len(self.fleet))
         if effective > s.monitor_status_interval:

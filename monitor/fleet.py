@@ -5,6 +5,7 @@ are dropped when they reach the top (bench/scale.py: taking the min of 100,000 e
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import heapq
 from collections import Counter
@@ -112,6 +113,21 @@ def _same_entry(old: ConnectionState | None, new: ConnectionState) -> bool:
         and old.lifecycle_stage == new.lifecycle_stage
         and old.stage_since == new.stage_since
     )
+
+
+@contextlib.contextmanager
+def bulk_load() -> Iterator[None]:
+    """Load a whole fleet with the cyclic garbage collector paused, then settle it. Each full collection during a
+    100,000-state load walked every state loaded so far: 0.6-1.0 s of a 2 s restart load, for nothing, since
+    states hold no cycles. Reference counting still frees what the load drops."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+    settle_heap()
 
 
 def settle_heap() -> None:

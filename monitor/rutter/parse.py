@@ -8,6 +8,7 @@ malformed."""
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -38,7 +39,7 @@ def parse_listing_item(obj: Mapping[str, Any]) -> Listing:
         id=_required_str(obj, "id", "connection list item"),
         access_token=_required_str(obj, "access_token", "connection list item"),
         platform=_platform(obj.get("platform")),
-        status=_str(obj.get("status")),
+        status=_label(obj.get("status")),
         name=_str(obj.get("name")),
         link_url=_str(obj.get("link_url")),
         created_at=_datetime(obj.get("created_at")),
@@ -152,7 +153,13 @@ def _required_str(obj: Mapping[str, Any], key: str, what: str) -> str:
 
 
 def _platform(value: object) -> str:
-    return value.strip() if isinstance(value, str) and value.strip() else UNKNOWN_PLATFORM
+    """Interned: 100,000 connections name about 30 platforms, and each state keeps its platform for its life."""
+    return sys.intern(value.strip()) if isinstance(value, str) and value.strip() else UNKNOWN_PLATFORM
+
+
+def _label(value: object) -> str | None:
+    """A value from a small set (a listed status), interned: one object for 100,000 listings, not one each."""
+    return sys.intern(value) if isinstance(value, str) and value else None
 
 
 def _bool(value: object) -> bool:
