@@ -72,11 +72,12 @@ def iter_due(
 
     Nothing is refreshed more often than that: the inventory sees every coarse change (ready, unhealthy, disabled,
     needs re-auth) within one inventory interval, fetching at once the status of a disable, a needs-update or a
-    newly ready connection, and webhooks bring stage moves with their own fetch. Refreshes only follow batch progress and sync freshness, which the alert
-    thresholds measure in hours; refreshing in-progress connections every few minutes cost 2.6x the requests for
-    the same detection (bench/economy.py). Written as datetime comparisons against a cut-off computed once: the
-    poller scans every connection each tick, and at 100,000 connections timedelta arithmetic per connection blocked
-    the event loop for a third of a second (bench/scale.py)."""
+    newly ready connection, and webhooks bring stage moves with their own fetch. Refreshes only follow batch
+    progress and sync freshness, which the alert thresholds measure in hours; refreshing in-progress connections
+    every few minutes cost 2.6x the requests for the same detection (bench/economy.py). Written as datetime
+    comparisons against a cut-off computed once: the poller scans every connection each tick, and at 100,000
+    connections timedelta arithmetic per connection blocked the event loop for a third of a second
+    (bench/scale.py)."""
     ongoing, unhealthy = LifecycleStage.ONGOING, Health.UNHEALTHY
     cut = now - settings.status_interval  # last polled at or before the cut-off: due; updated after it: recent
     for position, state in enumerate(states, start):
