@@ -41,6 +41,7 @@ log = structlog.get_logger()
 # its webhook. A status not known within this budget is fetched again by the poller, and the alert engine sends the
 # reason as a follow-up when it arrives.
 STATUS_FETCH_TIMEOUT = 0.5
+PROCESS_BATCH = 100  # inbox rows per processor transaction: a short hold of the one SQLite writer (bench/ingest.py)
 ALERT_STOP_GRACE = 10.0  # seconds to finish the notification attempt in flight at shutdown
 LEADERSHIP_CHECK = 5.0  # seconds between leadership rounds: a standby takes over within this of the leader's death
 
@@ -100,7 +101,9 @@ class Daemon:
         self.limiter = SlidingWindowLimiter(s.monitor_rate_limit, 10.0, clock=self.clock)
         self.metrics.rate_budget_used.set_function(self.limiter.used_ratio)
         self.rutter = self._rutter_override or self._client()
-        self.processor = Processor(self.recorder, self.clock, self.rutter, fast_wait=STATUS_FETCH_TIMEOUT)
+        self.processor = Processor(
+            self.recorder, self.clock, self.rutter, fast_wait=STATUS_FETCH_TIMEOUT, batch_size=PROCESS_BATCH
+        )
         self._alert_session = aiohttp.ClientSession()  # Slack and Alertmanager
         self.engine: AlertEngine = build_engine(
             s,

@@ -32,7 +32,7 @@ from monitor.store import (
     StoreError,
 )
 from monitor.store.alerts import AlertingQueries
-from monitor.store.sqlite_inbox import SqliteInbox
+from monitor.store.sqlite_writer import SqliteWriter
 from monitor.store.tables import (
     STATE_COLUMNS,
     BulkUpsert,
@@ -41,6 +41,7 @@ from monitor.store.tables import (
     inbox_item_from_row,
     inbox_row,
     inventories,
+    sqlite_text,
     state_from_row,
     transition_from_row,
     transition_row,
@@ -200,7 +201,8 @@ class SqlStore(AlertingQueries):
         self._commits = 0
         self._upsert = BulkUpsert(engine.dialect)
         file = _sqlite_file(url) if self._dialect == "sqlite" else None
-        self._inbox = SqliteInbox(file, busy_timeout_ms=_SQLITE_BUSY_TIMEOUT_MS) if file is not None else None
+        # SQLite files: the hot writes (inbox, state saves) in one thread hop each (see monitor.store.sqlite_writer)
+        self._writer = SqliteWriter(file, busy_timeout_ms=_SQLITE_BUSY_TIMEOUT_MS) if file is not None else None
 
     @property
     def commits(self) -> int:
@@ -231,12 +233,12 @@ class SqlStore(AlertingQueries):
     async def insert_inbox(self, items: Sequence[InboxItem]) -> list[int]:
         if not items:
             return []
-        if self._inbox is not None:
+        if self._writer is not None:
             # The in-process write lock too: waiting on it, the insert starts the moment a save ends, where
             # SQLite's busy handler would sleep in steps of up to 100 ms.
             assert self._write_lock is not None
             async with self._guard("insert inbox"), self._write_lock:
-                ids = await self._inbox.insert(items)
+                ids = await self._writer.insert_inbox(items)
             self._commits += 1
             return ids
         rows = [inbox_row(item) for item in items]
@@ -335,8 +337,17 @@ class SqlStore(AlertingQueries):
             rows = self._upsert.rows(latest[key] for key in sorted(latest))
         except (ValueError, TypeError) as exc:  # e.g. a naive datetime, refused before any SQL runs
             raise StoreError(f"store save refused a state: {exc}") from exc
-        history = [transition_row(t) for t in transitions]
         now = self._clock.now()
+        if self._writer is not None:
+            assert self._write_lock is not None
+            history_rows: list[tuple[object, ...]] = [
+                (t.connection_id, t.dimension.value, t.from_, t.to, sqlite_text(t.at), t.source.value, t.reason)
+                for t in transitions
+            ]
+            async with self._guard("save"), self._write_lock:
+                await self._writer.save(self._upsert.sql, rows, history_rows, processed_inbox_ids, sqlite_text(now))
+            return
+        history = [transition_row(t) for t in transitions]
         c = webhook_inbox.c
         async with self._write("save") as conn:
             for batch in _chunks(rows, _UPSERT_BATCH):
@@ -413,8 +424,8 @@ class SqlStore(AlertingQueries):
         return int(inbox.rowcount), int(history.rowcount)
 
     async def close(self) -> None:
-        if self._inbox is not None:
-            await self._inbox.close()
+        if self._writer is not None:
+            await self._writer.close()
         await self._engine.dispose()
 
     # -- plumbing --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The SQLite inbox write in one thread hop: same rows as the engine would write, durable, patient with other
+"""The SQLite writes in one thread hop: the same rows as the engine would write, durable, patient with other
 writers, and failing as a StoreError."""
 
 from __future__ import annotations
