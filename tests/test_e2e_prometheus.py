@@ -23,6 +23,7 @@ import yaml
 from monitor.app import Daemon, Running, start
 from monitor.clock import SystemClock
 from monitor.config import Settings
+from monitor.domain import LifecycleStage
 from monitor.simulator import InitialMix, Simulator, SimulatorConfig
 from tests.fakeslack import FakeMessage, FakeSlack
 from tests.harness import free_port
@@ -78,6 +79,14 @@ async def _run_scenario(stack: Stack) -> None:
     for conn in syncing[:-1]:  # the last one stays in initial sync
         model.make_ready(conn.id)
     await stack.sim.drain_webhooks()
+
+    def left_initial_sync() -> bool:
+        states = [daemon.fleet.get(conn.id) for conn in syncing[:-1]]
+        return all(s is not None and s.lifecycle_stage is not LifecycleStage.INITIAL_SYNC for s in states)
+
+    # Processed before any history completes: a connection first seen ready with its history already complete
+    # goes from initial sync straight to ongoing, and has no time to historical completion to observe.
+    await eventually(left_initial_sync, 10, "the ready webhooks processed")
     for conn in syncing[:2]:
         model.complete_batch(conn.id)
     model.disable(by_platform["NETSUITE"][0].id, "SHOP_PAYMENT_REQUIRED")
