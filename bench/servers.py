@@ -13,6 +13,7 @@ import json
 
 from aiohttp import web
 
+from monitor.cli import loop_factory
 from monitor.rutter import signature
 
 SECRETS = ["sim-client-secret"]
@@ -45,7 +46,9 @@ def main() -> None:
     app = web.Application()
     app.router.add_post("/webhooks/rutter", bare if args.mode == "bare" else verify)
     app.router.add_get("/healthz", lambda _: _ok())
-    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
+    factory = loop_factory()  # the daemon's event loop (uvloop where installed): the same process model
+    loop = factory() if factory is not None else None
+    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None, loop=loop)
 
 
 async def _ok() -> web.Response:
