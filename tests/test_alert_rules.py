@@ -22,6 +22,7 @@ from monitor.alerting.rules import (
     next_deadline,
 )
 from monitor.domain import ConnectionState, Health, LifecycleStage
+from tests.states import connection_state
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 SECOND = timedelta(seconds=1)
@@ -31,17 +32,7 @@ DEFAULTS = Thresholds()
 
 def conn(**changes: Any) -> ConnectionState:
     """A healthy ongoing SHOPIFY connection first seen at T0, with `changes` applied."""
-    base = ConnectionState(
-        id="conn-1",
-        platform="SHOPIFY",
-        lifecycle_stage=LifecycleStage.ONGOING,
-        health=Health.HEALTHY,
-        stage_since=T0,
-        health_since=T0,
-        first_seen_at=T0,
-        updated_at=T0,
-    )
-    return replace(base, **changes)
+    return connection_state("conn-1", T0, **changes)
 
 
 def names(conditions: tuple[Condition, ...]) -> set[AlertName]:

@@ -8,23 +8,15 @@ from datetime import UTC, datetime
 
 import pytest
 
-from monitor.domain import ConnectionState, Health, LifecycleStage
+from monitor.domain import ConnectionState
 from monitor.fleet import Fleet, bulk_load
+from tests.states import connection_state
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def state(cid: str) -> ConnectionState:
-    return ConnectionState(
-        id=cid,
-        platform="SHOPIFY",
-        lifecycle_stage=LifecycleStage.ONGOING,
-        health=Health.HEALTHY,
-        stage_since=T0,
-        health_since=T0,
-        first_seen_at=T0,
-        updated_at=T0,
-    )
+    return connection_state(cid, T0)
 
 
 def test_the_collector_is_paused_during_a_bulk_load_and_on_again_after() -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from monitor.domain import ConnectionState, Health, LifecycleStage
 from monitor.poller import PollSettings, iter_due, most_due
+from tests.states import connection_state
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 SETTINGS = PollSettings(inventory_interval=timedelta(minutes=5), status_interval=timedelta(hours=1), rate_limit=100)
@@ -14,19 +14,8 @@ LONG_AGO = NOW - timedelta(days=3)
 
 
 def conn(cid: str, **changes: object) -> ConnectionState:
-    base = ConnectionState(
-        id=cid,
-        platform="SHOPIFY",
-        lifecycle_stage=LifecycleStage.ONGOING,
-        health=Health.HEALTHY,
-        stage_since=LONG_AGO,
-        health_since=LONG_AGO,
-        first_seen_at=LONG_AGO,
-        updated_at=LONG_AGO,
-        access_token=f"tok-{cid}",
-        last_status_at=NOW - timedelta(minutes=10),
-    )
-    return replace(base, **changes)  # type: ignore[arg-type]
+    base: dict[str, object] = {"access_token": f"tok-{cid}", "last_status_at": NOW - timedelta(minutes=10)}
+    return connection_state(cid, LONG_AGO, **(base | changes))
 
 
 def due_ids(states: list[ConnectionState], urgent: set[str] | None = None) -> list[str]:

@@ -27,6 +27,7 @@ from monitor.domain import (
 from monitor.store import ConnectionQuery, InboxItem, StoreError
 from monitor.store.sql import SqlStore, make_engine, normalize_url, open_store, redact_url
 from monitor.store.tables import connections, webhook_inbox
+from tests.states import connection_state
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 PLUS2 = timezone(timedelta(hours=2))
@@ -40,17 +41,7 @@ async def store(database_url: str) -> AsyncIterator[SqlStore]:
 
 
 def state(cid: str, **changes: Any) -> ConnectionState:
-    base = ConnectionState(
-        id=cid,
-        platform="SHOPIFY",
-        lifecycle_stage=LifecycleStage.ONGOING,
-        health=Health.HEALTHY,
-        stage_since=T0,
-        health_since=T0,
-        first_seen_at=T0,
-        updated_at=T0,
-    )
-    return replace(base, **changes)
+    return connection_state(cid, T0, **changes)
 
 
 def full_state() -> ConnectionState:
