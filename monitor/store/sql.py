@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,11 +36,11 @@ from monitor.store.sqlite_writer import SqliteWriter
 from monitor.store.tables import (
     STATE_COLUMNS,
     BulkUpsert,
-    UTCDateTime,
     connections,
     inbox_item_from_row,
     inbox_row,
     inventories,
+    shared_state_columns,
     sqlite_text,
     state_from_row,
     transition_from_row,
@@ -61,9 +61,6 @@ _MIGRATION_LOCK_KEY = 0x52_75_74_74_65_72  # "Rutter": one migrator at a time wh
 _IDS_PER_STATEMENT = 1_000  # well under SQLite's and asyncpg's bound-parameter limits
 _UPSERT_BATCH = 10_000
 _LOAD_PARTITION = 2_000  # rows fetched at a time by load_connections
-_SHARED_MAX = 4_096  # distinct values remembered per shared column while loading
-# Loaded as shared objects (see _Shared): the platform and every timestamp, values that repeat across connections.
-_SHARED_COLUMNS = frozenset({"platform", *(c.name for c in STATE_COLUMNS if isinstance(c.type, UTCDateTime))})
 _DB_ERRORS: tuple[type[BaseException], ...] = (
     SQLAlchemyError,
     OSError,  # refused or timed-out connects surface as OSError (TimeoutError included)
@@ -303,10 +300,9 @@ class SqlStore(AlertingQueries):
     async def load_connections(self, include_deleted: bool = False) -> list[ConnectionState]:
         # Streamed, each partition of rows made into states at once: fetching every row first held the driver's
         # tuples, SQLAlchemy's rows and the states together, and the allocator kept that peak (100 MB more RSS at
-        # 100,000 connections, bench/scale.py). Repeated values are shared (see _Shared); no compiled cache, so
-        # each load has its own memo.
-        columns = [sa.type_coerce(c, _Shared(c.type)) if c.name in _SHARED_COLUMNS else c for c in STATE_COLUMNS]
-        stmt = sa.select(*columns).order_by(connections.c.id)
+        # 100,000 connections, bench/scale.py). Repeated values are shared (see tables.shared_state_columns); no
+        # compiled cache, so each load has its own memo.
+        stmt = sa.select(*shared_state_columns()).order_by(connections.c.id)
         if not include_deleted:
             stmt = stmt.where(connections.c.deleted_at.is_(None))
         states: list[ConnectionState] = []
@@ -462,35 +458,6 @@ class SqlStore(AlertingQueries):
         kind = type(cause.__cause__ or cause).__name__  # the driver's own class, under SQLAlchemy's adapter
         message = f"store {operation} failed on {redact_url(self._url)}: {kind}"
         return f"{message}: {detail}" if detail else message
-
-
-class _Shared(sa.TypeDecorator[Any]):
-    """A column read as `base` reads it, but equal values come back as one object, converted once. An inventory
-    stamps every state it builds with the same `now`, and 30 platform names serve 100,000 connections: loaded
-    row by row, each of those was its own object, a quarter of the fleet's memory. The memo of one column is
-    bounded, so a column of distinct values (created_at) only costs a lookup."""
-
-    impl = sa.String  # never rendered: type_coerce only changes how results are processed
-    cache_ok = True
-
-    def __init__(self, base: sa.types.TypeEngine[Any]) -> None:
-        super().__init__()
-        self.base = base
-
-    def result_processor(self, dialect: sa.Dialect, coltype: object) -> Callable[[Any], Any]:
-        process = self.base.dialect_impl(dialect).result_processor(dialect, coltype)
-        memo: dict[Any, Any] = {}
-
-        def shared(value: Any) -> Any:
-            try:
-                return memo[value]
-            except KeyError:
-                if len(memo) >= _SHARED_MAX:
-                    memo.clear()
-                converted = memo[value] = value if process is None else process(value)
-                return converted
-
-        return shared
 
 
 def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
