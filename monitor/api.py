@@ -3,16 +3,12 @@ HTTP to calls on the daemon's parts; no lifecycle rule lives here."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import Metric
 
 from monitor.domain import ConnectionState, Health, LifecycleStage, Transition
 from monitor.store import ConnectionQuery, StoreError
@@ -21,16 +17,6 @@ if TYPE_CHECKING:
     from monitor.app import Daemon
 
 HIDDEN = {"access_token"}
-
-
-class _Collected:
-    """Families already collected, in the shape generate_latest reads (a registry's `collect`)."""
-
-    def __init__(self, families: list[Metric]) -> None:
-        self._families = families
-
-    def collect(self) -> Iterable[Metric]:
-        return self._families
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -73,7 +59,6 @@ class AdminApi:
 
     def __init__(self, daemon: Daemon) -> None:
         self._daemon = daemon
-        self._render = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics-render")
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -87,16 +72,8 @@ class AdminApi:
 
     async def metrics(self, request: web.Request) -> web.Response:
         await self._daemon.refresh_gauges()
-        # Collected here, on the event loop, since some collectors read the fleet and the alert engine, which
-        # the loop owns; formatted (half of a scrape's CPU at 100,000 connections) in a thread, so that a scrape
-        # holds the loop, and the webhooks waiting on it, half as long (bench/scrape.py).
-        families = list(self._daemon.registry.collect())
-        body = await asyncio.get_running_loop().run_in_executor(self._render, generate_latest, _Collected(families))
+        body = generate_latest(self._daemon.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def close(self, _app: web.Application) -> None:
-        """aiohttp cleanup: let the render thread go."""
-        self._render.shutdown(wait=False)
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

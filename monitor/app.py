@@ -371,12 +371,10 @@ def build_apps(daemon: Daemon) -> tuple[web.Application, web.Application | None]
     admin_api = AdminApi(daemon)
     if daemon.settings.monitor_admin_port is None:
         public.add_routes(admin_api.routes())
-        public.on_cleanup.append(admin_api.close)
         return public, None
     admin = web.Application()
     admin[DAEMON] = holder
     admin.add_routes(admin_api.routes())
-    admin.on_cleanup.append(admin_api.close)
     return public, admin
 
 
