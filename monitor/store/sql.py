@@ -132,24 +132,21 @@ async def open_store(url: str, *, migrate: bool = True, clock: Clock | None = No
 
 
 def _sqlite_file(url: str) -> str | None:
-    """The path of a plain SQLite file URL; None for memory databases and URI filenames (those keep the engine's
-    connection for every statement)."""
-    parsed = make_url(url)
-    database = parsed.database
-    if not database or database == ":memory:" or database.startswith("file:") or "uri" in parsed.query:
-        return None
-    return database
-
-
-def _missing_sqlite_directory(url: str) -> Path | None:
+    """The path of a plain SQLite file URL; None for other backends, memory databases and URI filenames (SQLite
+    URI filenames are the driver's to interpret, and they keep the engine's connection for every statement)."""
     parsed = make_url(url)
     database = parsed.database
     if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
         return None
     if database.startswith("file:") or "uri" in parsed.query:
-        return None  # SQLite URI filenames are the driver's to interpret
-    parent = Path(database).parent
-    return None if parent.is_dir() else parent
+        return None
+    return database
+
+
+def _missing_sqlite_directory(url: str) -> Path | None:
+    database = _sqlite_file(url)
+    parent = Path(database).parent if database is not None else None
+    return None if parent is None or parent.is_dir() else parent
 
 
 def make_engine(url: str) -> AsyncEngine:
@@ -197,7 +194,7 @@ class SqlStore(AlertingQueries):
         self._write_lock = asyncio.Lock() if self._dialect == "sqlite" else None
         self._commits = 0
         self._upsert = BulkUpsert(engine.dialect)
-        file = _sqlite_file(url) if self._dialect == "sqlite" else None
+        file = _sqlite_file(url)
         # SQLite files: the hot writes (inbox, state saves) in one thread hop each (see monitor.store.sqlite_writer)
         self._writer = SqliteWriter(file, busy_timeout_ms=_SQLITE_BUSY_TIMEOUT_MS) if file is not None else None
 
