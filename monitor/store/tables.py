@@ -172,7 +172,6 @@ webhook_inbox = sa.Table(
     # The unprocessed scan is `processed_at IS NULL AND id > ? ORDER BY id`: one range of this index.
     sa.Index(None, "processed_at", "id"),
     sa.Index(None, "received_at"),
-    sa.Index(None, "body_hash"),
     sqlite_autoincrement=True,
 )
 
