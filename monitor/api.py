@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from monitor.domain import ConnectionState, Health, LifecycleStage, Transition
 from monitor.store import ConnectionQuery, StoreError
@@ -72,7 +72,7 @@ class AdminApi:
 
     async def metrics(self, request: web.Request) -> web.Response:
         await self._daemon.refresh_gauges()
-        body = generate_latest(self._daemon.registry)
+        body = self._daemon.exposition.render()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(self, request: web.Request) -> web.Response:

@@ -22,6 +22,7 @@ from monitor.alerting.routing import routing_problems
 from monitor.api import AdminApi
 from monitor.clock import Clock, SystemClock
 from monitor.config import ConfigError, Settings, format_duration
+from monitor.exposition import Exposition
 from monitor.fleet import Fleet, bulk_load
 from monitor.ingest import DedupeIndex, InboxWriter, WebhookEndpoint
 from monitor.leader import leadership_for
@@ -64,6 +65,7 @@ class Daemon:
         self.clock: Clock = clock or SystemClock()
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
+        self.exposition = Exposition(self.registry)
         self._rutter_override = rutter
         self._schedule = schedule
         self._console = console

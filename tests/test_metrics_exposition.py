@@ -1,14 +1,16 @@
 """What a scrape of the daemon's registry costs: no `*_created` samples, and a series set that depends on the
-platforms, never on the number of connections (bench/scale.py measures the render time itself)."""
+platforms, never on the number of connections (bench/scale.py measures the render time itself), and the cached
+writer that renders it says exactly what prometheus_client would."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Info, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.domain import ConnectionState, Health, LifecycleStage
+from monitor.exposition import Exposition
 from monitor.fleet import Fleet
 from monitor.metrics import Metrics
 from monitor.rutter.client import Endpoint
@@ -75,3 +77,47 @@ def test_the_exposition_has_no_created_samples_and_keeps_every_counter_and_histo
 def test_the_series_are_the_same_for_12_and_6000_connections_on_the_same_platforms() -> None:
     """A fleet 500 times larger over the same platforms exports exactly the same series."""
     assert sorted(samples(registry_for(12))) == sorted(samples(registry_for(6_000)))
+
+
+def families(text: str) -> list[tuple[str, str, str, list[tuple[str, tuple[tuple[str, str], ...], float]]]]:
+    return [
+        (
+            family.name,
+            family.type,
+            family.documentation,
+            [(s.name, tuple(sorted(s.labels.items())), s.value) for s in family.samples],
+        )
+        for family in text_string_to_metric_families(text)
+    ]
+
+
+def test_the_daemons_exposition_says_what_prometheus_clients_says() -> None:
+    """The cached writer's text parses to the same families, help, types, samples and values as the library's,
+    label values that need escaping included."""
+    registry = registry_for(300)
+    odd = Counter("odd_labels", "Help with a \\ backslash\nand a line.", ["v"], registry=registry)
+    odd.labels('quote " backslash \\ newline \n end').inc(3)
+    exposition = Exposition(registry)
+    ours = exposition.render().decode()
+    assert families(ours) == families(generate_latest(registry).decode())
+    assert ours.count("# TYPE ") == len(families(ours))
+
+
+def test_a_value_change_shows_in_the_next_scrape_through_the_cache() -> None:
+    """Prefixes are cached, values never: a counter increment appears in the next render."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    exposition = Exposition(registry)
+    metrics.ensure_platform("SHOPIFY")
+    line = 'rutter_connections_deleted_total{platform="SHOPIFY"} '
+    assert f"{line}0.0\n" in exposition.render().decode()
+    metrics.deleted.labels("SHOPIFY").inc(2)
+    assert f"{line}2.0\n" in exposition.render().decode()
+
+
+def test_a_family_the_writer_does_not_know_falls_back_to_the_library() -> None:
+    """An info metric (or any shape the writer does not render) makes the whole scrape the library's own."""
+    registry = registry_for(10)
+    Info("odd_build", "An info family.", registry=registry).info({"version": "1"})
+    exposition = Exposition(registry)
+    assert exposition.render() == generate_latest(registry)
