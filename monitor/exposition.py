@@ -1,4 +1,4 @@
-"""The /metrics body: Prometheus' text format (0.0.4), written with each series' line prefix cached.
+"""The /metrics body: Prometheus' text exposition format, as generate_latest writes it, with each series' prefix cached.
 
 prometheus_client's `generate_latest` escapes and formats every label of every sample on every scrape. For the
 daemon's ~3,800 series (the registry of tests/test_metrics_exposition.py with 30 platforms) it took 28 ms, of which
