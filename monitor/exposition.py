@@ -15,8 +15,8 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.utils import floatToGoString
 
-# Metric types whose samples are all plain series of the family (Prometheus text format names).
-_PLAIN = {"counter": "counter", "gauge": "gauge", "histogram": "histogram", "summary": "summary"}
+# Metric types whose samples are all plain series of the family, named alike in both text formats.
+_PLAIN = frozenset({"counter", "gauge", "histogram", "summary"})
 _OPENMETRICS_ONLY = ("_created", "_gsum", "_gcount")
 _MAX_CACHED = 100_000  # series prefixes kept; far above the daemon's fixed set, a bound should that ever change
 
@@ -51,9 +51,9 @@ class Exposition:
         append = out.append
         prefixes = self._prefixes
         for metric in self._registry.collect():
-            kind = _PLAIN.get(metric.type)
-            if kind is None:
-                raise _Unsupported(metric.type)
+            kind = metric.type
+            if kind not in _PLAIN:
+                raise _Unsupported(kind)
             name = f"{metric.name}_total" if kind == "counter" else metric.name
             append(self._header(name, kind, metric.documentation))
             for sample in metric.samples:

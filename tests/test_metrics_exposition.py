@@ -93,7 +93,7 @@ def families(text: str) -> list[tuple[str, str, str, list[tuple[str, tuple[tuple
 
 def test_the_daemons_exposition_says_what_prometheus_clients_says() -> None:
     """The cached writer's text parses to the same families, help, types, samples and values as the library's,
-    label values that need escaping included."""
+    label values that need escaping included, on the first render and on the cached ones after it."""
     registry = registry_for(300)
     odd = Counter("odd_labels", "Help with a \\ backslash\nand a line.", ["v"], registry=registry)
     odd.labels('quote " backslash \\ newline \n end').inc(3)
@@ -101,6 +101,7 @@ def test_the_daemons_exposition_says_what_prometheus_clients_says() -> None:
     ours = exposition.render().decode()
     assert families(ours) == families(generate_latest(registry).decode())
     assert ours.count("# TYPE ") == len(families(ours))
+    assert exposition.render().decode() == ours, "the second render, from the cached prefixes, differs"
 
 
 def test_a_value_change_shows_in_the_next_scrape_through_the_cache() -> None:
