@@ -141,11 +141,15 @@ class DedupeIndex:
 
 
 _Pending = tuple[InboxItem, "asyncio.Future[Verdict]"]
+_Key = tuple[str, str | None]  # (body hash, connection id)
 
 
 class InboxWriter:
     """Group commit: each request waits on a future while one task writes everything queued meanwhile in a single
-    transaction, so N concurrent webhooks cost far fewer than N fsyncs."""
+    transaction, so N concurrent webhooks cost far fewer than N fsyncs. Up to `max_in_flight` transactions overlap
+    (the store runs them in order): a webhook that arrives during a commit goes out in the next one at once, rather
+    than waiting for the commit in flight to come back (bench/ingest.py). Deduplication sees the bodies in flight
+    as if they were already stored."""
 
     def __init__(
         self,
@@ -155,14 +159,20 @@ class InboxWriter:
         *,
         on_commit: Callable[[], None],
         max_batch: int = 1000,
+        max_in_flight: int = 3,
     ) -> None:
         self._store = store
         self._dedupe = dedupe
         self._metrics = metrics
         self._on_commit = on_commit
         self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._closing = False
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._seq = 0  # the order of acceptance among the bodies in flight (their inbox ids are not known yet)
+        self._flying_bodies: dict[_Key, int] = {}
+        self._flying_lifecycle: dict[str, int] = {}  # connection id -> its last lifecycle body in flight
 
     async def submit(self, item: InboxItem) -> Verdict:
         """Durably store `item` unless it is a duplicate; raises StoreError or ShuttingDown."""
@@ -173,44 +183,78 @@ class InboxWriter:
         return await fut
 
     def close(self) -> None:
-        """Refuse new items; `run` returns once the queue is drained."""
+        """Refuse new items; `run` returns once the queue is drained and every commit in flight has ended."""
         self._closing = True
         self._queue.put_nowait(_STOP)
 
     async def run(self) -> None:
         while True:
             first = await self._queue.get()
+            while len(self._in_flight) >= self._max_in_flight:
+                await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
             batch = [first]
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             stop = any(p is _STOP for p in batch)
-            await self._write([p for p in batch if p is not _STOP])
+            fresh = self._admit([p for p in batch if p is not _STOP])
+            if fresh:
+                task = asyncio.create_task(self._write(fresh), name="inbox-commit")
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
             if stop and self._queue.empty():
+                if self._in_flight:
+                    await asyncio.wait(self._in_flight)
                 return
 
-    async def _write(self, batch: Sequence[_Pending]) -> None:
-        if not batch:
-            return
-        fresh: list[_Pending] = []
-        hashes: set[tuple[str, str | None]] = set()
+    def _admit(self, batch: Sequence[_Pending]) -> list[tuple[int, InboxItem, asyncio.Future[Verdict]]]:
+        """Answer the duplicates at once; number the rest and mark them in flight."""
+        fresh: list[tuple[int, InboxItem, asyncio.Future[Verdict]]] = []
         for item, fut in batch:
             key = (item.body_hash, item.connection_id)
-            if key in hashes or self._dedupe.is_duplicate(item, item.received_at):
-                fut.set_result(Verdict.DUPLICATE)
+            cid = item.connection_id
+            prior = self._flying_bodies.get(key)
+            if prior is not None:  # the same body is in flight: a duplicate unless a lifecycle event came since
+                duplicate = cid is None or self._flying_lifecycle.get(cid, -1) <= prior
+            elif cid is not None and cid in self._flying_lifecycle:
+                duplicate = False  # a lifecycle event in flight is newer than anything the index holds
             else:
-                hashes.add(key)
-                fresh.append((item, fut))
-        if not fresh:
-            return
-        try:
-            ids = await self._store.insert_inbox([item for item, _ in fresh])
-        except StoreError as exc:
-            for _, fut in fresh:
+                duplicate = self._dedupe.is_duplicate(item, item.received_at)
+            if duplicate:
                 if not fut.done():
-                    fut.set_exception(exc)
+                    fut.set_result(Verdict.DUPLICATE)
+                continue
+            self._seq += 1
+            self._flying_bodies[key] = self._seq
+            if item.is_lifecycle and cid is not None:
+                self._flying_lifecycle[cid] = self._seq
+            fresh.append((self._seq, item, fut))
+        return fresh
+
+    def _land(self, fresh: Sequence[tuple[int, InboxItem, asyncio.Future[Verdict]]]) -> None:
+        """The bodies are no longer in flight (stored, or refused)."""
+        for seq, item, _ in fresh:
+            key = (item.body_hash, item.connection_id)
+            if self._flying_bodies.get(key) == seq:
+                del self._flying_bodies[key]
+            cid = item.connection_id
+            if cid is not None and self._flying_lifecycle.get(cid) == seq:
+                del self._flying_lifecycle[cid]
+
+    async def _write(self, fresh: Sequence[tuple[int, InboxItem, asyncio.Future[Verdict]]]) -> None:
+        try:
+            ids = await self._store.insert_inbox([item for _, item, _ in fresh])
+        except Exception as exc:
+            if not isinstance(exc, StoreError):
+                log.exception("inbox commit failed")
+            error = exc if isinstance(exc, StoreError) else StoreError(f"inbox commit failed: {type(exc).__name__}")
+            self._land(fresh)
+            for _, _, fut in fresh:
+                if not fut.done():
+                    fut.set_exception(error)
             return
+        self._land(fresh)
         self._metrics.inbox_commits.inc()
-        for inbox_id, (item, fut) in zip(ids, fresh, strict=True):
+        for inbox_id, (_, item, fut) in zip(ids, fresh, strict=True):
             self._dedupe.record(inbox_id, item)
             if not fut.done():
                 fut.set_result(Verdict.ACCEPTED)

@@ -1,10 +1,13 @@
-"""The SQLite writes in one thread hop: the same rows as the engine would write, durable, patient with other
-writers, and failing as a StoreError."""
+"""The SQLite writes in a worker process: the same rows as the engine would write, durable, patient with other
+writers, failing as a StoreError, and a worker that neither outlives the daemon nor takes a failure down with it."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sqlite3
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import pytest
 
 from monitor.store import InboxItem, StoreError
 from monitor.store.sql import open_store
+from monitor.store.sqlite_writer import SqliteWriter, WorkerGone
 
 T0 = datetime(2026, 11, 28, 9, 30, 15, 123456, tzinfo=UTC)
 
@@ -110,3 +114,158 @@ async def test_a_batch_larger_than_one_statement_keeps_every_id_matched_to_its_i
         assert [bodies[i] for i in ids] == [it.body for it in items]
     finally:
         await store.close()
+
+
+# -- the worker process ------------------------------------------------------------------------------------------
+
+
+def rows_of(n: int) -> list[InboxItem]:
+    return [item(k) for k in range(n)]
+
+
+async def migrated(path: Path) -> None:
+    store = await open_store(f"sqlite:///{path}")
+    await store.close()
+
+
+def stored_ids(path: Path) -> list[int]:
+    with sqlite3.connect(path) as raw:
+        ids = [row[0] for row in raw.execute("SELECT id FROM webhook_inbox ORDER BY id")]
+    raw.close()
+    return ids
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie counts: it runs no more)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+async def until_gone(pid: int, within: float = 15.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not gone(pid):
+        assert loop.time() < deadline, f"process {pid} still runs"
+        await asyncio.sleep(0.02)
+
+
+async def test_overlapping_calls_are_committed_in_the_order_they_were_made(tmp_path: Path) -> None:
+    """Several calls in flight at once (the inbox's overlapping group commits): each gets its own ids, in order."""
+    path = tmp_path / "m.db"
+    await migrated(path)
+    writer = SqliteWriter(str(path), busy_timeout_ms=5000)
+    try:
+        results = await asyncio.gather(*(writer.insert_inbox(rows_of(n + 1)) for n in range(8)))
+        flat = [i for ids in results for i in ids]
+        assert flat == sorted(flat)
+        assert [len(ids) for ids in results] == list(range(1, 9))
+        assert stored_ids(path) == flat
+    finally:
+        await writer.close()
+
+
+async def test_a_killed_worker_fails_the_call_in_flight_and_the_next_call_starts_a_new_one(tmp_path: Path) -> None:
+    """kill -9 of the worker mid-call: that call fails (the webhook gets a 503 and is retried), nothing half-written
+    stays, and the next call is served by a new worker."""
+    path = tmp_path / "m.db"
+    await migrated(path)
+    writer = SqliteWriter(str(path), busy_timeout_ms=30_000)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        first = await writer.insert_inbox(rows_of(1))
+        pid = writer.pid
+        assert pid is not None
+        other.execute("BEGIN IMMEDIATE")  # the next insert waits in the worker's busy handler
+        parked = asyncio.create_task(writer.insert_inbox(rows_of(3)))
+        for _ in range(20):
+            await asyncio.sleep(0.005)
+        assert not parked.done()
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(WorkerGone):
+            await asyncio.wait_for(parked, 10)
+        other.execute("ROLLBACK")
+        after = await writer.insert_inbox(rows_of(2))
+        assert writer.pid not in (None, pid)
+        assert stored_ids(path) == first + after
+    finally:
+        other.close()
+        await writer.close()
+
+
+async def test_close_waits_for_the_calls_in_flight_then_the_worker_exits(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+    await migrated(path)
+    writer = SqliteWriter(str(path), busy_timeout_ms=30_000)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        await writer.insert_inbox(rows_of(1))
+        pid = writer.pid
+        assert pid is not None
+        other.execute("BEGIN IMMEDIATE")
+        parked = asyncio.create_task(writer.insert_inbox(rows_of(2)))
+        await asyncio.sleep(0)
+        closing = asyncio.create_task(writer.close())
+        for _ in range(20):
+            await asyncio.sleep(0.005)
+        assert not parked.done()
+        assert not closing.done()
+        other.execute("COMMIT")
+        assert len(await asyncio.wait_for(parked, 10)) == 2
+        await asyncio.wait_for(closing, 10)
+        await until_gone(pid)
+        assert len(stored_ids(path)) == 3
+    finally:
+        other.close()
+        await writer.close()
+
+
+async def test_the_worker_ignores_sigint_and_sigterm(tmp_path: Path) -> None:
+    """A Ctrl-C or a stop sent to the whole process group must not end the worker while the daemon drains."""
+    path = tmp_path / "m.db"
+    await migrated(path)
+    writer = SqliteWriter(str(path), busy_timeout_ms=5000)
+    try:
+        await writer.insert_inbox(rows_of(1))
+        pid = writer.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGINT)
+        os.kill(pid, signal.SIGTERM)
+        await writer.insert_inbox(rows_of(1))
+        assert writer.pid == pid
+    finally:
+        await writer.close()
+
+
+_ORPHAN = """
+import asyncio, sys
+from monitor.store.sqlite_writer import SqliteWriter
+
+async def main():
+    writer = SqliteWriter(sys.argv[1], busy_timeout_ms=5000)
+    await writer.insert_inbox([])
+    print(writer.pid, flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_the_worker_exits_when_the_daemon_is_killed(tmp_path: Path) -> None:
+    """kill -9 of the daemon leaves no worker behind: it reads the end of its input and exits."""
+    path = tmp_path / "m.db"
+    await migrated(path)
+    daemon = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _ORPHAN, str(path), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert daemon.stdout is not None
+        line = await asyncio.wait_for(daemon.stdout.readline(), 30)
+        pid = int(line)
+        assert not gone(pid)
+    finally:
+        daemon.kill()
+        await daemon.wait()
+    await until_gone(pid)

@@ -3,7 +3,6 @@ PostgreSQL (asyncpg); the upsert statement and the migration lock are the only d
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import sqlite3
@@ -32,6 +31,7 @@ from monitor.store import (
     StoreError,
 )
 from monitor.store.alerts import AlertingQueries
+from monitor.store.gate import WriteGate
 from monitor.store.sqlite_writer import SqliteWriter
 from monitor.store.tables import (
     STATE_COLUMNS,
@@ -181,9 +181,9 @@ def _upgrade_head(connection: sa.Connection) -> None:
 
 
 class SqlStore(AlertingQueries):
-    """The durable store (its alerting queries live in monitor.store.alerts). Writes on SQLite are serialised
-    in-process (SQLite has one writer anyway), so a long save makes webhooks wait on an asyncio lock rather than
-    spin in busy_timeout."""
+    """The durable store (its alerting queries live in monitor.store.alerts). On SQLite, writes pass a WriteGate
+    (monitor.store.gate): the worker's calls overlap, an engine transaction runs alone, and each waits on the gate
+    rather than spin in SQLite's busy handler, which sleeps in steps of up to 100 ms."""
 
     def __init__(self, engine: AsyncEngine, *, url: str, clock: Clock) -> None:
         self._engine = engine
@@ -191,11 +191,11 @@ class SqlStore(AlertingQueries):
         self._dialect = engine.dialect.name
         self._password = make_url(url).password or ""
         self._url = url
-        self._write_lock = asyncio.Lock() if self._dialect == "sqlite" else None
+        self._gate = WriteGate() if self._dialect == "sqlite" else None
         self._commits = 0
         self._upsert = BulkUpsert(engine.dialect)
         file = _sqlite_file(url)
-        # SQLite files: the hot writes (inbox, state saves) in one thread hop each (see monitor.store.sqlite_writer)
+        # SQLite files: the hot writes (inbox, state saves) in a worker process (see monitor.store.sqlite_writer)
         self._writer = SqliteWriter(file, busy_timeout_ms=_SQLITE_BUSY_TIMEOUT_MS) if file is not None else None
 
     @property
@@ -228,10 +228,8 @@ class SqlStore(AlertingQueries):
         if not items:
             return []
         if self._writer is not None:
-            # The in-process write lock too: waiting on it, the insert starts the moment a save ends, where
-            # SQLite's busy handler would sleep in steps of up to 100 ms.
-            assert self._write_lock is not None
-            async with self._guard("insert inbox"), self._write_lock:
+            assert self._gate is not None
+            async with self._guard("insert inbox"), self._gate.shared():
                 ids = await self._writer.insert_inbox(items)
             self._commits += 1
             return ids
@@ -332,12 +330,12 @@ class SqlStore(AlertingQueries):
             raise StoreError(f"store save refused a state: {exc}") from exc
         now = self._clock.now()
         if self._writer is not None:
-            assert self._write_lock is not None
+            assert self._gate is not None
             history_rows: list[tuple[object, ...]] = [
                 (t.connection_id, t.dimension.value, t.from_, t.to, sqlite_text(t.at), t.source.value, t.reason)
                 for t in transitions
             ]
-            async with self._guard("save"), self._write_lock:
+            async with self._guard("save"), self._gate.shared():
                 await self._writer.save(self._upsert.sql, rows, history_rows, processed_inbox_ids, sqlite_text(now))
             return
         history = [transition_row(t) for t in transitions]
@@ -441,8 +439,8 @@ class SqlStore(AlertingQueries):
     @contextlib.asynccontextmanager
     async def _write(self, operation: str) -> AsyncIterator[AsyncConnection]:
         """One transaction, committed on exit and rolled back on any error."""
-        lock = self._write_lock if self._write_lock is not None else contextlib.nullcontext()
-        async with self._guard(operation), lock, self._engine.begin() as conn:
+        gate = self._gate.exclusive() if self._gate is not None else contextlib.nullcontext()
+        async with self._guard(operation), gate, self._engine.begin() as conn:
             yield conn
 
     def _describe(self, operation: str, exc: BaseException) -> str:

@@ -1,51 +1,73 @@
-"""The hot SQLite writes in one thread hop: the webhook inbox insert and the state save.
+"""The hot SQLite writes in one hop to a child process: the webhook inbox insert and the state save.
 
 Through SQLAlchemy and aiosqlite, one transaction was five or six sequential round trips to the driver's thread
-(checkout, BEGIN, execute, COMMIT, the pool's reset), each handed back through a busy event loop: an inbox group
-commit waited on the loop between its steps, and a processor save of 100 rows held SQLite's write lock for
-16 ms (p50) while the inbox waited behind it (bench/ingest.py). Here a plain `sqlite3` connection, owned by one
-worker thread, runs BEGIN IMMEDIATE, the statements and COMMIT in a single call, so the event loop hands the work
-over once and gets the result back once; the thread does the fsync while the loop goes on with requests. Each
-statement covers many rows (multi-row INSERT), so the thread takes the GIL back a handful of times per
-transaction rather than once per row: while the event loop holds the GIL each take-back can wait up to the
-interpreter's 5 ms switch interval, and per-row statements spent most of a transaction waiting so.
+(checkout, BEGIN, execute, COMMIT, the pool's reset), each handed back through a busy event loop. A single worker
+thread that ran the whole transaction in one call was better, but not enough: the thread needs the GIL to start the
+work, to bind the parameters, after each statement and to hand the result back, and while the event loop holds the
+GIL every one of those waits. At ~3,800 webhooks/s an inbox commit cycle took ~8 ms, of which the INSERT and fsync
+were under 4 and the disk about 1 (bench/README.md). So the transactions now run in a child process
+(monitor.store.sqlite_worker) with its own interpreter: the event loop writes the rows to a Unix socket and reads
+the answer when it arrives, like any other socket, and neither side waits for a lock the other holds. Calls may
+overlap (the worker runs them in order), so a group commit can go out while the one before is still in flight.
 
-Durability is unchanged: WAL with synchronous=FULL, the commit returns after the fsync, and only then does the
-caller go on (and answer the webhook). Other writers on the same file (the engine's connections, a standby
-replica) are serialised by SQLite's own lock; waiting for it happens in this thread (busy_timeout)."""
+Durability is unchanged: WAL with synchronous=FULL, the worker answers after the COMMIT's fsync, and only then does
+the caller go on (and answer the webhook). Other writers on the same file (the engine's connections, a standby
+replica) are serialised by SQLite's own lock; waiting for it happens in the worker (busy_timeout). If the worker
+dies, the call in flight fails (the caller answers 503, and a webhook sender retries) and the next call starts a
+new worker. If the daemon dies, the worker reads the end of its stdin and exits."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import pickle
+import socket
 import sqlite3
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+import sys
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from monitor.store import InboxItem
+from monitor.store import sqlite_worker as worker
 from monitor.store.tables import sqlite_text
 
-_T = TypeVar("_T")
-_INBOX_COLUMNS = "received_at, code, connection_id, body_hash, body, access_token, is_lifecycle"
-_TRANSITION_COLUMNS = "connection_id, dimension, from_state, to_state, at, source, reason"
-_MAX_PARAMETERS = 30_000  # per statement; SQLite allows 32,766
-_INBOX_ROWS_PER_STATEMENT = _MAX_PARAMETERS // 7
-Row = tuple[object, ...]
+Row = worker.Row
+_WORKER = str(Path(worker.__file__).resolve())
+_EXIT_GRACE_S = 10.0
+_SOCKET_BUFFER = 1 << 20  # bytes; the kernel caps it at net.core.wmem_max
 
 
-def _values(columns: int, rows: int) -> str:
-    row = f"({', '.join('?' * columns)})"
-    return ", ".join([row] * rows)
+class WorkerGone(sqlite3.OperationalError):
+    """The worker process ended (killed, or failed to open the database) before it answered."""
+
+
+@dataclass(slots=True)
+class _Channel:
+    proc: asyncio.subprocess.Process
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    pending: deque[asyncio.Future[tuple[bool, Any]]] = field(default_factory=deque)  # in the order sent
+    replies: asyncio.Task[None] | None = None
 
 
 class SqliteWriter:
-    """Runs whole write transactions on a SQLite file from one dedicated thread."""
+    """Runs whole write transactions on a SQLite file in a child process. Calls may overlap: the worker runs them
+    one after the other, in the order they were made, and each call returns when its own transaction is durable."""
 
     def __init__(self, path: str, *, busy_timeout_ms: int) -> None:
         self._path = path
         self._busy_timeout_ms = busy_timeout_ms
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
-        self._conn: sqlite3.Connection | None = None  # opened and used only on the worker thread
+        self._channel: _Channel | None = None
+        self._starting = asyncio.Lock()  # one worker started at a time
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id while one runs (tests kill it)."""
+        channel = self._channel
+        return channel.proc.pid if channel is not None and channel.proc.returncode is None else None
 
     async def insert_inbox(self, items: Sequence[InboxItem]) -> list[int]:
         """Insert `items` in one durable transaction; their ids in order. Raises sqlite3.Error."""
@@ -61,117 +83,97 @@ class SqliteWriter:
             )
             for item in items
         ]
-        if len(rows) <= _INBOX_ROWS_PER_STATEMENT:
-            # One statement is its own transaction: no BEGIN and COMMIT, each a GIL take-back of its own.
-            return await self._call(lambda conn: _insert_inbox(conn, rows))
-        return await self._run(lambda conn: _insert_inbox(conn, rows))
+        ids: list[int] = await self._call("insert_inbox", rows)
+        return ids
 
     async def save(
         self, upsert_sql: str, states: list[Row], transitions: list[Row], processed: Sequence[int], at: str
     ) -> None:
         """Upsert `states` (driver-ready rows for `upsert_sql`, one row per statement's VALUES group), insert
         `transitions` and mark the `processed` inbox rows, in one durable transaction. Raises sqlite3.Error."""
-        await self._run(lambda conn: _save(conn, upsert_sql, states, transitions, processed, at))
+        await self._call("save", upsert_sql, states, transitions, list(processed), at)
 
     async def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._close)
-        self._executor.shutdown(wait=True)
-
-    async def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        """`work` in one explicit transaction on the writer thread."""
-        return await self._call(lambda conn: self._transaction(conn, work))
-
-    async def _call(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        """`work` on the writer thread, in autocommit mode (a single statement is atomic and durable alone)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: work(self._connection()))
-
-    # -- on the worker thread ------------------------------------------------------------------------------------
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-            try:
-                conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")
-                conn.execute("PRAGMA foreign_keys=ON")
-            except BaseException:
-                conn.close()
-                raise
-            self._conn = conn
-        return self._conn
-
-    @staticmethod
-    def _transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        conn.execute("BEGIN IMMEDIATE")
+        """End the worker once it has answered every call made so far: it reads the end of its input, and exits."""
+        async with self._starting:
+            channel, self._channel = self._channel, None
+        if channel is None:
+            return
+        with contextlib.suppress(ConnectionError, OSError):
+            channel.writer.write_eof()
+        assert channel.replies is not None
         try:
-            result = work(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return result
+            await asyncio.wait_for(asyncio.shield(channel.replies), _EXIT_GRACE_S)
+        except TimeoutError:
+            channel.replies.cancel()
+            await asyncio.gather(channel.replies, return_exceptions=True)
 
-    def _close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+    async def _call(self, operation: str, *args: object) -> Any:
+        request = worker.frame((operation, args))
+        channel = await self._worker()
+        reply: asyncio.Future[tuple[bool, Any]] = asyncio.get_running_loop().create_future()
+        channel.pending.append(reply)  # in the same step as the write: replies come back in this order
+        channel.writer.write(request)
+        with contextlib.suppress(ConnectionError):  # the worker is gone: the reply task fails `reply`
+            await channel.writer.drain()
+        ok, value = await reply
+        if ok:
+            return value
+        kind, message = value
+        error = getattr(sqlite3, kind, None)
+        if not (isinstance(error, type) and issubclass(error, sqlite3.Error)):
+            error = sqlite3.DatabaseError
+        raise error(message)
 
+    async def _read_replies(self, channel: _Channel) -> None:
+        """Hand each reply to its call; once the worker has gone, fail the calls it did not answer."""
+        try:
+            while True:
+                size = int.from_bytes(await channel.reader.readexactly(worker.HEADER), "big")
+                reply = pickle.loads(await channel.reader.readexactly(size))  # noqa: S301 (our own child)
+                future = channel.pending.popleft()
+                if not future.done():  # its caller may have been cancelled
+                    future.set_result(reply)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            channel.writer.close()
+            with contextlib.suppress(ProcessLookupError):
+                channel.proc.kill()  # a no-op once it exited
+            code = await channel.proc.wait()
+            if self._channel is channel:
+                self._channel = None
+            while channel.pending:
+                future = channel.pending.popleft()
+                if not future.done():
+                    future.set_exception(WorkerGone(f"sqlite worker exited ({code}) before it answered"))
 
-def _insert_inbox(conn: sqlite3.Connection, rows: list[Row]) -> list[int]:
-    """Multi-row INSERTs; a statement's ids are consecutive, since it holds the write lock while it runs and the
-    table's AUTOINCREMENT hands each of its rows the next id."""
-    ids: list[int] = []
-    for start in range(0, len(rows), _INBOX_ROWS_PER_STATEMENT):
-        chunk = rows[start : start + _INBOX_ROWS_PER_STATEMENT]
-        sql = f"INSERT INTO webhook_inbox ({_INBOX_COLUMNS}) VALUES {_values(7, len(chunk))}"  # noqa: S608
-        cursor = conn.execute(sql, [value for row in chunk for value in row])
-        last = cursor.lastrowid
-        if last is None or cursor.rowcount != len(chunk):
-            raise sqlite3.DatabaseError("inbox insert did not report its rows")
-        ids.extend(range(last - len(chunk) + 1, last + 1))
-    return ids
-
-
-def _save(
-    conn: sqlite3.Connection,
-    upsert_sql: str,
-    states: list[Row],
-    transitions: list[Row],
-    processed: Sequence[int],
-    at: str,
-) -> None:
-    if states:
-        head, _, tail = _split_upsert(upsert_sql)
-        columns = len(states[0])
-        per_statement = _MAX_PARAMETERS // columns
-        for start in range(0, len(states), per_statement):
-            chunk = states[start : start + per_statement]
-            conn.execute(f"{head}{_values(columns, len(chunk))}{tail}", [v for row in chunk for v in row])
-    per_statement = _MAX_PARAMETERS // 7
-    for start in range(0, len(transitions), per_statement):
-        chunk = transitions[start : start + per_statement]
-        sql = f"INSERT INTO transitions ({_TRANSITION_COLUMNS}) VALUES {_values(7, len(chunk))}"  # noqa: S608
-        conn.execute(sql, [value for row in chunk for value in row])
-    per_statement = _MAX_PARAMETERS - 1
-    for start in range(0, len(processed), per_statement):
-        ids = list(processed[start : start + per_statement])
-        marks = ", ".join("?" * len(ids))
-        conn.execute(
-            f"UPDATE webhook_inbox SET processed_at = ?, access_token = NULL "  # noqa: S608
-            f"WHERE id IN ({marks}) AND processed_at IS NULL",
-            [at, *ids],
-        )
-
-
-def _split_upsert(sql: str) -> tuple[str, str, str]:
-    """`INSERT INTO t (...) VALUES (?, ...) ON CONFLICT ...` as (head up to VALUES, the one row, the tail), so one
-    statement can carry many rows."""
-    head, marker, rest = sql.partition(" VALUES ")
-    if not marker or not rest.startswith("("):
-        raise ValueError("unexpected upsert statement")
-    close = rest.index(")")
-    return f"{head}{marker}", rest[: close + 1], rest[close + 1 :]
+    async def _worker(self) -> _Channel:
+        async with self._starting:
+            if self._channel is not None:
+                return self._channel
+            parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                for end in (parent, child):  # a whole group commit fits, so one write hands it over
+                    end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
+                    end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-I",
+                    _WORKER,
+                    self._path,
+                    str(int(self._busy_timeout_ms)),
+                    stdin=child.fileno(),
+                    stdout=child.fileno(),
+                    start_new_session=True,  # a Ctrl-C at a terminal reaches the daemon, which drains, not the worker
+                )
+            except BaseException:
+                parent.close()
+                raise
+            finally:
+                child.close()
+            reader, writer = await asyncio.open_unix_connection(sock=parent)
+            channel = _Channel(proc, reader, writer)
+            channel.replies = asyncio.create_task(self._read_replies(channel), name="sqlite-worker-replies")
+            self._channel = channel
+            return channel
