@@ -10,7 +10,9 @@ as `_created`, a timestamp) hands the whole scrape back to `generate_latest`, so
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import time
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.utils import floatToGoString
@@ -19,6 +21,7 @@ from prometheus_client.utils import floatToGoString
 _PLAIN = frozenset({"counter", "gauge", "histogram", "summary"})
 _OPENMETRICS_ONLY = ("_created", "_gsum", "_gcount")
 _MAX_CACHED = 100_000  # series prefixes kept; far above the daemon's fixed set, a bound should that ever change
+_CHECK_EVERY = 256  # samples written between looks at the clock
 
 _format_value: Callable[[float], str] = floatToGoString  # the library's spelling: 1.0, 1e+06, +Inf, NaN
 SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
@@ -41,13 +44,32 @@ class Exposition:
         self._headers: dict[tuple[str, str, str], str] = {}
 
     def render(self) -> bytes:
+        out: list[str] = []
         try:
-            return self._render()
+            for _ in self._write(out):
+                pass
         except _Unsupported:
             return generate_latest(self._registry)
+        return "".join(out).encode()
 
-    def _render(self) -> bytes:
+    async def render_async(self, slice_seconds: float = 0.002) -> bytes:
+        """The same body, written in slices of about `slice_seconds` of CPU with the event loop's turn between
+        them, so that webhooks arriving during a scrape wait for one slice, not for the whole render
+        (bench/scrape.py). Families are not a snapshot across each other either way (generate_latest's neither)."""
         out: list[str] = []
+        clock = time.perf_counter
+        try:
+            deadline = clock() + slice_seconds
+            for _ in self._write(out):
+                if clock() >= deadline:
+                    await asyncio.sleep(0)
+                    deadline = clock() + slice_seconds
+        except _Unsupported:
+            return generate_latest(self._registry)
+        return "".join(out).encode()
+
+    def _write(self, out: list[str]) -> Iterator[None]:
+        """Append the body to `out`, pausing (yielding) after each family and every few hundred samples."""
         append = out.append
         prefixes = self._prefixes
         for metric in self._registry.collect():
@@ -56,7 +78,7 @@ class Exposition:
                 raise _Unsupported(kind)
             name = f"{metric.name}_total" if kind == "counter" else metric.name
             append(self._header(name, kind, metric.documentation))
-            for sample in metric.samples:
+            for index, sample in enumerate(metric.samples, 1):
                 if sample.timestamp is not None:
                     raise _Unsupported("timestamp")
                 key = (sample.name, tuple(sample.labels.items()))
@@ -66,7 +88,9 @@ class Exposition:
                 append(prefix)
                 append(_format_value(sample.value))
                 append("\n")
-        return "".join(out).encode()
+                if index % _CHECK_EVERY == 0:
+                    yield
+            yield
 
     def _header(self, name: str, kind: str, documentation: str) -> str:
         key = (name, kind, documentation)

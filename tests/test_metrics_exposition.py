@@ -4,6 +4,7 @@ writer that renders it says exactly what prometheus_client would."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 from prometheus_client import CollectorRegistry, Counter, Info, generate_latest
@@ -122,3 +123,24 @@ def test_a_family_the_writer_does_not_know_falls_back_to_the_library() -> None:
     Info("odd_build", "An info family.", registry=registry).info({"version": "1"})
     exposition = Exposition(registry)
     assert exposition.render() == generate_latest(registry)
+
+
+async def test_the_sliced_render_writes_the_same_body_and_lets_the_loop_run_between_slices() -> None:
+    """/metrics renders in slices with the event loop's turn between them: the body is byte for byte the one-go
+    body, and a callback scheduled meanwhile runs before the render ends (with a zero slice, at every pause)."""
+    registry = registry_for(300)
+    exposition = Exposition(registry)
+    whole = exposition.render()
+    ran: list[int] = []
+    loop = asyncio.get_running_loop()
+    for n in range(5):
+        loop.call_soon(ran.append, n)
+    sliced = await exposition.render_async(slice_seconds=0.0)
+    assert sliced == whole
+    assert ran == [0, 1, 2, 3, 4], "the render never gave the loop a turn"
+
+
+async def test_the_sliced_render_falls_back_to_the_library_too() -> None:
+    registry = registry_for(10)
+    Info("odd_build", "An info family.", registry=registry).info({"version": "1"})
+    assert await Exposition(registry).render_async(slice_seconds=0.0) == generate_latest(registry)
