@@ -56,6 +56,31 @@ def workdir(name: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"rutter-bench-{name}-"))
 
 
+def _status_kb(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return found
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                children = [int(c) for c in f.read().split()]
+        except FileNotFoundError:
+            continue
+        for child in children:
+            found += [child, *_descendants(child)]
+    return found
+
+
 @dataclass
 class Proc:
     """A child process whose output goes to a file (a pipe nobody reads could stall it)."""
@@ -70,12 +95,10 @@ class Proc:
         return self.popen.pid
 
     def status_kb(self, key: str) -> int:
-        """A `kB` field of /proc/<pid>/status: VmHWM is the peak resident set, VmRSS the current one."""
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-        raise KeyError(key)
+        """A `kB` field of /proc/<pid>/status (VmHWM is the peak resident set, VmRSS the current one), summed over
+        the process and its live descendants: the daemon's SQLite worker is part of its footprint. For VmHWM the
+        sum of each one's peak is an upper bound of their peak together."""
+        return sum(_status_kb(pid, key) for pid in [self.pid, *_descendants(self.pid)])
 
     def alive(self) -> bool:
         return self.popen.poll() is None

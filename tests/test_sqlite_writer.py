@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from monitor.domain import Dimension, Source, Transition
 from monitor.store import InboxItem, StoreError
 from monitor.store.sql import open_store
 from monitor.store.sqlite_writer import SqliteWriter, WorkerGone
+from tests.states import connection_state
 
 T0 = datetime(2026, 11, 28, 9, 30, 15, 123456, tzinfo=UTC)
 
@@ -269,3 +271,29 @@ async def test_the_worker_exits_when_the_daemon_is_killed(tmp_path: Path) -> Non
         daemon.kill()
         await daemon.wait()
     await until_gone(pid)
+
+
+def health(cid: str) -> Transition:
+    return Transition(cid, Dimension.HEALTH, "healthy", "disabled", T0, Source.WEBHOOK)
+
+
+async def test_a_large_save_goes_in_parts_and_is_still_one_transaction(tmp_path: Path) -> None:
+    """12,000 states (three parts): all stored, with transitions that refer to states of a later part; when the
+    last part fails, nothing of the save is, and an inbox insert made meanwhile is not caught in its rollback."""
+    path = tmp_path / "m.db"
+    store = await open_store(f"sqlite:///{path}")
+    try:
+        many = [connection_state(f"c{n:05d}", T0) for n in range(12_000)]
+        await store.save(many, [health(f"c{n:05d}") for n in range(11_990, 12_000)])
+        assert len(await store.load_connections()) == 12_000
+        assert len(await store.transitions("c11999")) == 1
+        others = [connection_state(f"d{n:05d}", T0) for n in range(12_000)]
+        failing = asyncio.create_task(store.save(others, [health("d00001"), health("never-saved")]))
+        await asyncio.sleep(0)
+        [inbox_id] = await store.insert_inbox([item(1)])
+        with pytest.raises(StoreError):
+            await failing
+        assert len(await store.load_connections()) == 12_000
+        assert [r.id for r in await store.unprocessed_inbox(10)] == [inbox_id]
+    finally:
+        await store.close()

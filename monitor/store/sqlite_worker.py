@@ -132,7 +132,28 @@ def split_upsert(sql: str) -> tuple[str, str, str]:
     return f"{head}{marker}", rest[: close + 1], rest[close + 1 :]
 
 
-OPERATIONS: dict[str, Callable[..., Any]] = {"insert_inbox": insert_inbox, "save": save}
+def begin(conn: sqlite3.Connection) -> None:
+    """Open a transaction that the next calls (`save_part`) join, until `commit` or `rollback`."""
+    conn.execute("BEGIN IMMEDIATE")
+
+
+def commit(conn: sqlite3.Connection) -> None:
+    conn.execute("COMMIT")
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+OPERATIONS: dict[str, Callable[..., Any]] = {
+    "insert_inbox": insert_inbox,
+    "save": save,
+    "begin": begin,
+    "save_part": _save,
+    "commit": commit,
+    "rollback": rollback,
+}
 
 
 def frame(value: object) -> bytes:

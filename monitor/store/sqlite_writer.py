@@ -32,12 +32,14 @@ from typing import Any
 
 from monitor.store import InboxItem
 from monitor.store import sqlite_worker as worker
+from monitor.store.gate import WriteGate
 from monitor.store.tables import sqlite_text
 
 Row = worker.Row
 _WORKER = str(Path(worker.__file__).resolve())
 _EXIT_GRACE_S = 10.0
 _SOCKET_BUFFER = 1 << 20  # bytes; the kernel caps it at net.core.wmem_max
+_ROWS_PER_PART = 5_000
 
 
 class WorkerGone(sqlite3.OperationalError):
@@ -62,6 +64,7 @@ class SqliteWriter:
         self._busy_timeout_ms = busy_timeout_ms
         self._channel: _Channel | None = None
         self._starting = asyncio.Lock()  # one worker started at a time
+        self._parts = WriteGate()  # a save sent in parts holds it alone: no other call may join its transaction
 
     @property
     def pid(self) -> int | None:
@@ -83,15 +86,41 @@ class SqliteWriter:
             )
             for item in items
         ]
-        ids: list[int] = await self._call("insert_inbox", rows)
+        async with self._parts.shared():
+            ids: list[int] = await self._call("insert_inbox", rows)
         return ids
 
     async def save(
         self, upsert_sql: str, states: list[Row], transitions: list[Row], processed: Sequence[int], at: str
     ) -> None:
         """Upsert `states` (driver-ready rows for `upsert_sql`, one row per statement's VALUES group), insert
-        `transitions` and mark the `processed` inbox rows, in one durable transaction. Raises sqlite3.Error."""
-        await self._call("save", upsert_sql, states, transitions, list(processed), at)
+        `transitions` and mark the `processed` inbox rows, in one durable transaction. Raises sqlite3.Error.
+
+        A large save (an inventory of 100,000 new connections) goes over in parts of `_ROWS_PER_PART` rows, each
+        executed as it arrives, inside one transaction that no other call joins: sent whole, the worker held it
+        twice over (the message and the rows) and peaked at ~120 MB (bench/scale.py)."""
+        processed = list(processed)
+        if len(states) + len(transitions) + len(processed) <= _ROWS_PER_PART:
+            async with self._parts.shared():
+                await self._call("save", upsert_sql, states, transitions, processed, at)
+            return
+        async with self._parts.exclusive():
+            await self._call("begin")
+            try:
+                # The statements in the order of a whole save: every state before any transition (they refer
+                # to their connection), then the processed marks.
+                n = _ROWS_PER_PART
+                for start in range(0, len(states), n):
+                    await self._call("save_part", upsert_sql, states[start : start + n], [], [], at)
+                for start in range(0, len(transitions), n):
+                    await self._call("save_part", upsert_sql, [], transitions[start : start + n], [], at)
+                for start in range(0, len(processed), n):
+                    await self._call("save_part", upsert_sql, [], [], processed[start : start + n], at)
+                await self._call("commit")
+            except BaseException:
+                with contextlib.suppress(Exception):  # a worker that died took the transaction with it
+                    await asyncio.shield(self._call("rollback"))
+                raise
 
     async def close(self) -> None:
         """End the worker once it has answered every call made so far: it reads the end of its input, and exits."""
