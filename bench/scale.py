@@ -2,8 +2,8 @@
 connections over 30 platforms, next to the same at 1,000 connections (the baseline) in the same run.
 
 Measured for each fleet size:
-- peak RSS of the daemon and its SQLite worker process (each one's VmHWM from /proc/<pid>/status, summed), the spike while it reads the unpaginated list
-  (about 35 MB of JSON at 100k) included;
+- peak RSS of the daemon and its SQLite worker process (each one's VmHWM from /proc/<pid>/status, summed), the
+  spike while it reads the unpaginated list (about 35 MB of JSON at 100k) included;
 - the time one full inventory pass takes to be processed: the first (every connection new) and the one after a
   restart (every connection known), each from the job's start to its "inventory done" log line;
 - the /metrics render time (client-side, median and worst of 20) and its number of series;
