@@ -8,6 +8,7 @@ import os
 import signal
 import sqlite3
 import sys
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -169,19 +170,38 @@ async def test_overlapping_calls_are_committed_in_the_order_they_were_made(tmp_p
         await writer.close()
 
 
-async def test_a_killed_worker_fails_the_call_in_flight_and_the_next_call_starts_a_new_one(tmp_path: Path) -> None:
-    """kill -9 of the worker mid-call: that call fails (the webhook gets a 503 and is retried), nothing half-written
-    stays, and the next call is served by a new worker."""
+@pytest.fixture
+async def started(tmp_path: Path) -> AsyncIterator[tuple[Path, SqliteWriter, int]]:
+    """A migrated file, and a writer whose worker has committed one row: (path, writer, worker pid)."""
     path = tmp_path / "m.db"
     await migrated(path)
     writer = SqliteWriter(str(path), busy_timeout_ms=30_000)
-    other = sqlite3.connect(path, isolation_level=None)
     try:
-        first = await writer.insert_inbox(rows_of(1))
-        pid = writer.pid
-        assert pid is not None
-        other.execute("BEGIN IMMEDIATE")  # the next insert waits in the worker's busy handler
-        parked = asyncio.create_task(writer.insert_inbox(rows_of(3)))
+        await writer.insert_inbox(rows_of(1))
+        assert writer.pid is not None
+        yield path, writer, writer.pid
+    finally:
+        await writer.close()
+
+
+async def park_behind_a_lock(path: Path, writer: SqliteWriter) -> tuple[sqlite3.Connection, asyncio.Task[list[int]]]:
+    """Another connection holds SQLite's write lock; an insert of 2 rows waits for it in the worker's busy handler."""
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    parked = asyncio.create_task(writer.insert_inbox(rows_of(2)))
+    await asyncio.sleep(0)
+    return other, parked
+
+
+async def test_a_killed_worker_fails_the_call_in_flight_and_the_next_call_starts_a_new_one(
+    started: tuple[Path, SqliteWriter, int],
+) -> None:
+    """kill -9 of the worker mid-call: that call fails (the webhook gets a 503 and is retried), nothing half-written
+    stays, and the next call is served by a new worker."""
+    path, writer, pid = started
+    first = stored_ids(path)
+    other, parked = await park_behind_a_lock(path, writer)
+    try:
         for _ in range(20):
             await asyncio.sleep(0.005)
         assert not parked.done()
@@ -194,21 +214,14 @@ async def test_a_killed_worker_fails_the_call_in_flight_and_the_next_call_starts
         assert stored_ids(path) == first + after
     finally:
         other.close()
-        await writer.close()
 
 
-async def test_close_waits_for_the_calls_in_flight_then_the_worker_exits(tmp_path: Path) -> None:
-    path = tmp_path / "m.db"
-    await migrated(path)
-    writer = SqliteWriter(str(path), busy_timeout_ms=30_000)
-    other = sqlite3.connect(path, isolation_level=None)
+async def test_close_waits_for_the_calls_in_flight_then_the_worker_exits(
+    started: tuple[Path, SqliteWriter, int],
+) -> None:
+    path, writer, pid = started
+    other, parked = await park_behind_a_lock(path, writer)
     try:
-        await writer.insert_inbox(rows_of(1))
-        pid = writer.pid
-        assert pid is not None
-        other.execute("BEGIN IMMEDIATE")
-        parked = asyncio.create_task(writer.insert_inbox(rows_of(2)))
-        await asyncio.sleep(0)
         closing = asyncio.create_task(writer.close())
         for _ in range(20):
             await asyncio.sleep(0.005)
@@ -221,24 +234,15 @@ async def test_close_waits_for_the_calls_in_flight_then_the_worker_exits(tmp_pat
         assert len(stored_ids(path)) == 3
     finally:
         other.close()
-        await writer.close()
 
 
-async def test_the_worker_ignores_sigint_and_sigterm(tmp_path: Path) -> None:
+async def test_the_worker_ignores_sigint_and_sigterm(started: tuple[Path, SqliteWriter, int]) -> None:
     """A Ctrl-C or a stop sent to the whole process group must not end the worker while the daemon drains."""
-    path = tmp_path / "m.db"
-    await migrated(path)
-    writer = SqliteWriter(str(path), busy_timeout_ms=5000)
-    try:
-        await writer.insert_inbox(rows_of(1))
-        pid = writer.pid
-        assert pid is not None
-        os.kill(pid, signal.SIGINT)
-        os.kill(pid, signal.SIGTERM)
-        await writer.insert_inbox(rows_of(1))
-        assert writer.pid == pid
-    finally:
-        await writer.close()
+    _, writer, pid = started
+    os.kill(pid, signal.SIGINT)
+    os.kill(pid, signal.SIGTERM)
+    await writer.insert_inbox(rows_of(1))
+    assert writer.pid == pid
 
 
 _ORPHAN = """

@@ -54,15 +54,21 @@ async def test_shared_passes_overlap_and_an_exclusive_one_waits_for_them_all() -
         assert log[-1] == "e out"
 
 
-async def test_a_waiting_exclusive_pass_goes_before_later_shared_ones() -> None:
-    gate, log = WriteGate(), []
+async def queue_up(gate: WriteGate, log: list[str]) -> tuple[tuple[asyncio.Task[None], ...], tuple[asyncio.Event, ...]]:
+    """`a` holds a shared pass, then `e` asks for the exclusive one, then `late` for a shared one."""
     r1, r2, r3 = asyncio.Event(), asyncio.Event(), asyncio.Event()
     a = asyncio.create_task(hold(gate.shared, log, "a", r1))
     await turns()
     e = asyncio.create_task(hold(gate.exclusive, log, "e", r2))
     await turns()
     late = asyncio.create_task(hold(gate.shared, log, "late", r3))
-    async with running(a, e, late):
+    return (a, e, late), (r1, r2, r3)
+
+
+async def test_a_waiting_exclusive_pass_goes_before_later_shared_ones() -> None:
+    gate, log = WriteGate(), []
+    tasks, (r1, r2, r3) = await queue_up(gate, log)
+    async with running(*tasks):
         await turns()
         assert log == ["a in"], "a shared pass asked for after the exclusive one waits for it"
         r1.set()
@@ -76,12 +82,7 @@ async def test_a_waiting_exclusive_pass_goes_before_later_shared_ones() -> None:
 
 async def test_a_cancelled_exclusive_waiter_lets_the_shared_ones_through() -> None:
     gate, log = WriteGate(), []
-    r1, r2, r3 = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    a = asyncio.create_task(hold(gate.shared, log, "a", r1))
-    await turns()
-    e = asyncio.create_task(hold(gate.exclusive, log, "e", r2))
-    await turns()
-    late = asyncio.create_task(hold(gate.shared, log, "late", r3))
+    (a, e, late), (r1, _, r3) = await queue_up(gate, log)
     async with running(a, e, late):
         await turns()
         e.cancel()

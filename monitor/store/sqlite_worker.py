@@ -79,7 +79,12 @@ def _insert_inbox(conn: sqlite3.Connection, rows: list[Row]) -> list[int]:
     return ids
 
 
-def save(
+def save(conn: sqlite3.Connection, *part: Any) -> None:
+    """`save_part` in one durable transaction of its own."""
+    _transaction(conn, lambda c: save_part(c, *part))
+
+
+def save_part(
     conn: sqlite3.Connection,
     upsert_sql: str,
     states: list[Row],
@@ -87,18 +92,8 @@ def save(
     processed: Sequence[int],
     at: str,
 ) -> None:
-    """Upsert the states, insert the transitions and mark the processed inbox rows, in one durable transaction."""
-    _transaction(conn, lambda c: _save(c, upsert_sql, states, transitions, processed, at))
-
-
-def _save(
-    conn: sqlite3.Connection,
-    upsert_sql: str,
-    states: list[Row],
-    transitions: list[Row],
-    processed: Sequence[int],
-    at: str,
-) -> None:
+    """Upsert the states, insert the transitions and mark the processed inbox rows (at `at`), in the transaction
+    open on `conn`."""
     if states:
         head, _, tail = split_upsert(upsert_sql)
         columns = len(states[0])
@@ -150,7 +145,7 @@ OPERATIONS: dict[str, Callable[..., Any]] = {
     "insert_inbox": insert_inbox,
     "save": save,
     "begin": begin,
-    "save_part": _save,
+    "save_part": save_part,
     "commit": commit,
     "rollback": rollback,
 }
