@@ -301,3 +301,18 @@ async def test_a_large_save_goes_in_parts_and_is_still_one_transaction(tmp_path:
         assert [r.id for r in await store.unprocessed_inbox(10)] == [inbox_id]
     finally:
         await store.close()
+
+
+async def test_a_worker_that_cannot_start_fails_the_calls_and_is_not_restarted_for_each_one(tmp_path: Path) -> None:
+    """A path the worker cannot open: the call fails as the store failing (503 for a webhook), and the calls right
+    after it fail at once rather than each starting a process of its own."""
+    writer = SqliteWriter(str(tmp_path / "missing" / "m.db"), busy_timeout_ms=1000)
+    try:
+        with pytest.raises(sqlite3.Error):
+            await writer.insert_inbox(rows_of(1))
+        for _ in range(5):
+            with pytest.raises(WorkerGone):
+                await writer.insert_inbox(rows_of(1))
+        assert writer.starts == 1
+    finally:
+        await writer.close()

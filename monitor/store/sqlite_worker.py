@@ -9,6 +9,7 @@ which is also what happens when the daemon dies, even by kill -9."""
 
 from __future__ import annotations
 
+import json
 import pickle
 import signal
 import sqlite3
@@ -187,7 +188,12 @@ def main(argv: Sequence[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     path, busy_timeout_ms = argv[1], int(argv[2])
-    conn = connect(path, busy_timeout_ms)
+    try:
+        conn = connect(path, busy_timeout_ms)
+    except sqlite3.Error as exc:  # one log line in the daemon's format, not a traceback; the daemon answers 503
+        event = {"event": "sqlite worker could not open the database", "error": str(exc), "level": "error"}
+        print(json.dumps(event), file=sys.stderr, flush=True)
+        return 1
     try:
         serve(conn, sys.stdin.buffer, sys.stdout.buffer)
     finally:

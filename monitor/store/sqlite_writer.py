@@ -42,6 +42,7 @@ _WORKER = str(Path(worker.__file__).resolve())
 _EXIT_GRACE_S = 10.0
 _SOCKET_BUFFER = 1 << 20  # bytes; the kernel caps it at net.core.wmem_max
 _ROWS_PER_PART = 5_000
+_RESTART_BACKOFF_S = 1.0
 
 
 class WorkerGone(sqlite3.OperationalError):
@@ -54,6 +55,7 @@ class _Channel:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     pending: deque[asyncio.Future[tuple[bool, Any]]] = field(default_factory=deque)  # in the order sent
+    answered: int = 0
     replies: asyncio.Task[None] | None = None
 
 
@@ -66,6 +68,8 @@ class SqliteWriter:
         self._busy_timeout_ms = busy_timeout_ms
         self._channel: _Channel | None = None
         self._starting = asyncio.Lock()  # one worker started at a time
+        self._retry_at = 0.0  # loop time before which no new worker is started, after one that never answered
+        self.starts = 0
         self._parts = WriteGate()  # a save sent in parts holds it alone: no other call may join its transaction
 
     @property
@@ -163,6 +167,7 @@ class SqliteWriter:
                 size = int.from_bytes(await channel.reader.readexactly(worker.HEADER), "big")
                 reply = pickle.loads(await channel.reader.readexactly(size))  # noqa: S301 (our own child)
                 future = channel.pending.popleft()
+                channel.answered += 1
                 if not future.done():  # its caller may have been cancelled
                     future.set_result(reply)
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -174,6 +179,8 @@ class SqliteWriter:
             code = await channel.proc.wait()
             if self._channel is channel:
                 self._channel = None
+            if channel.answered == 0:  # it could not start (a bad path, a full disk): no respawn per webhook
+                self._retry_at = asyncio.get_running_loop().time() + _RESTART_BACKOFF_S
             while channel.pending:
                 future = channel.pending.popleft()
                 if not future.done():
@@ -183,6 +190,9 @@ class SqliteWriter:
         async with self._starting:
             if self._channel is not None:
                 return self._channel
+            if asyncio.get_running_loop().time() < self._retry_at:
+                raise WorkerGone("sqlite worker failed to start; the next start is in a moment")
+            self.starts += 1
             parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 for end in (parent, child):  # a whole group commit fits, so one write hands it over
