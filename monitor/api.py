@@ -72,7 +72,7 @@ class AdminApi:
 
     async def metrics(self, request: web.Request) -> web.Response:
         await self._daemon.refresh_gauges()
-        body = await self._daemon.exposition.render_async()
+        body = await self._daemon.exposition.render()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(self, request: web.Request) -> web.Response:

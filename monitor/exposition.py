@@ -43,19 +43,10 @@ class Exposition:
         self._prefixes: dict[SeriesKey, str] = {}
         self._headers: dict[tuple[str, str, str], str] = {}
 
-    def render(self) -> bytes:
-        out: list[str] = []
-        try:
-            for _ in self._write(out):
-                pass
-        except _Unsupported:
-            return generate_latest(self._registry)
-        return "".join(out).encode()
-
-    async def render_async(self, slice_seconds: float = 0.002) -> bytes:
-        """The same body, written in slices of about `slice_seconds` of CPU with the event loop's turn between
-        them, so that webhooks arriving during a scrape wait for one slice, not for the whole render
-        (bench/scrape.py). Families are not a snapshot across each other either way (generate_latest's neither)."""
+    async def render(self, slice_seconds: float = 0.002) -> bytes:
+        """The body, written in slices of about `slice_seconds` of CPU with the event loop's turn between them, so
+        that webhooks arriving during a scrape wait for one slice, not for the whole render (bench/scrape.py).
+        Families are not a snapshot across each other either way (generate_latest's neither)."""
         out: list[str] = []
         clock = time.perf_counter
         try:

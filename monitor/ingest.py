@@ -142,6 +142,7 @@ class DedupeIndex:
 
 _Pending = tuple[InboxItem, "asyncio.Future[Verdict]"]
 _Key = tuple[str, str | None]  # (body hash, connection id)
+_Flying = tuple[int, InboxItem, "asyncio.Future[Verdict]"]  # (order of acceptance, item, its answer)
 
 
 class InboxWriter:
@@ -206,9 +207,9 @@ class InboxWriter:
                     await asyncio.wait(self._in_flight)
                 return
 
-    def _admit(self, batch: Sequence[_Pending]) -> list[tuple[int, InboxItem, asyncio.Future[Verdict]]]:
+    def _admit(self, batch: Sequence[_Pending]) -> list[_Flying]:
         """Answer the duplicates at once; number the rest and mark them in flight."""
-        fresh: list[tuple[int, InboxItem, asyncio.Future[Verdict]]] = []
+        fresh: list[_Flying] = []
         for item, fut in batch:
             key = (item.body_hash, item.connection_id)
             cid = item.connection_id
@@ -230,7 +231,7 @@ class InboxWriter:
             fresh.append((self._seq, item, fut))
         return fresh
 
-    def _land(self, fresh: Sequence[tuple[int, InboxItem, asyncio.Future[Verdict]]]) -> None:
+    def _land(self, fresh: Sequence[_Flying]) -> None:
         """The bodies are no longer in flight (stored, or refused)."""
         for seq, item, _ in fresh:
             key = (item.body_hash, item.connection_id)
@@ -240,7 +241,7 @@ class InboxWriter:
             if cid is not None and self._flying_lifecycle.get(cid) == seq:
                 del self._flying_lifecycle[cid]
 
-    async def _write(self, fresh: Sequence[tuple[int, InboxItem, asyncio.Future[Verdict]]]) -> None:
+    async def _write(self, fresh: Sequence[_Flying]) -> None:
         try:
             ids = await self._store.insert_inbox([item for _, item, _ in fresh])
         except Exception as exc:

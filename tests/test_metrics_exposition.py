@@ -92,37 +92,37 @@ def families(text: str) -> list[tuple[str, str, str, list[tuple[str, tuple[tuple
     ]
 
 
-def test_the_daemons_exposition_says_what_prometheus_clients_says() -> None:
+async def test_the_daemons_exposition_says_what_prometheus_clients_says() -> None:
     """The cached writer's text parses to the same families, help, types, samples and values as the library's,
     label values that need escaping included, on the first render and on the cached ones after it."""
     registry = registry_for(300)
     odd = Counter("odd_labels", "Help with a \\ backslash\nand a line.", ["v"], registry=registry)
     odd.labels('quote " backslash \\ newline \n end').inc(3)
     exposition = Exposition(registry)
-    ours = exposition.render().decode()
+    ours = (await exposition.render()).decode()
     assert families(ours) == families(generate_latest(registry).decode())
     assert ours.count("# TYPE ") == len(families(ours))
-    assert exposition.render().decode() == ours, "the second render, from the cached prefixes, differs"
+    assert (await exposition.render()).decode() == ours, "the second render, from the cached prefixes, differs"
 
 
-def test_a_value_change_shows_in_the_next_scrape_through_the_cache() -> None:
+async def test_a_value_change_shows_in_the_next_scrape_through_the_cache() -> None:
     """Prefixes are cached, values never: a counter increment appears in the next render."""
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     exposition = Exposition(registry)
     metrics.ensure_platform("SHOPIFY")
     line = 'rutter_connections_deleted_total{platform="SHOPIFY"} '
-    assert f"{line}0.0\n" in exposition.render().decode()
+    assert f"{line}0.0\n" in (await exposition.render()).decode()
     metrics.deleted.labels("SHOPIFY").inc(2)
-    assert f"{line}2.0\n" in exposition.render().decode()
+    assert f"{line}2.0\n" in (await exposition.render()).decode()
 
 
-def test_a_family_the_writer_does_not_know_falls_back_to_the_library() -> None:
+async def test_a_family_the_writer_does_not_know_falls_back_to_the_library() -> None:
     """An info metric (or any shape the writer does not render) makes the whole scrape the library's own."""
     registry = registry_for(10)
     Info("odd_build", "An info family.", registry=registry).info({"version": "1"})
     exposition = Exposition(registry)
-    assert exposition.render() == generate_latest(registry)
+    assert await exposition.render() == generate_latest(registry)
 
 
 async def test_the_sliced_render_writes_the_same_body_and_lets_the_loop_run_between_slices() -> None:
@@ -130,12 +130,12 @@ async def test_the_sliced_render_writes_the_same_body_and_lets_the_loop_run_betw
     body, and a callback scheduled meanwhile runs before the render ends (with a zero slice, at every pause)."""
     registry = registry_for(300)
     exposition = Exposition(registry)
-    whole = exposition.render()
+    whole = await exposition.render(slice_seconds=float("inf"))  # in one go
     ran: list[int] = []
     loop = asyncio.get_running_loop()
     for n in range(5):
         loop.call_soon(ran.append, n)
-    sliced = await exposition.render_async(slice_seconds=0.0)
+    sliced = await exposition.render(slice_seconds=0.0)
     assert sliced == whole
     assert ran == [0, 1, 2, 3, 4], "the render never gave the loop a turn"
 
@@ -143,4 +143,4 @@ async def test_the_sliced_render_writes_the_same_body_and_lets_the_loop_run_betw
 async def test_the_sliced_render_falls_back_to_the_library_too() -> None:
     registry = registry_for(10)
     Info("odd_build", "An info family.", registry=registry).info({"version": "1"})
-    assert await Exposition(registry).render_async(slice_seconds=0.0) == generate_latest(registry)
+    assert await Exposition(registry).render(slice_seconds=0.0) == generate_latest(registry)

@@ -69,7 +69,7 @@ class SqliteWriter:
         self._channel: _Channel | None = None
         self._starting = asyncio.Lock()  # one worker started at a time
         self._retry_at = 0.0  # loop time before which no new worker is started, after one that never answered
-        self.starts = 0
+        self.starts = 0  # workers started so far (a worker that cannot start must not be restarted per call)
         self._parts = WriteGate()  # a save sent in parts holds it alone: no other call may join its transaction
 
     @property
