@@ -12,7 +12,7 @@ from pathlib import Path
 
 import structlog
 
-from monitor import __version__
+from monitor import __version__, gcpolicy
 from monitor.alerting.routing import routing_problems
 from monitor.app import Daemon, Running, start
 from monitor.clock import SystemClock
@@ -90,6 +90,7 @@ def run(config: Path | None) -> int:
         return 2
     configure(settings.monitor_log_level)
     daemon = Daemon(settings, clock=SystemClock())
+    gcpolicy.defer_full_collections()  # this process's policy; the full collections run in _serve
     try:
         _until_signal(_serve(daemon))
     except (StoreError, ConfigError) as exc:
@@ -104,9 +105,11 @@ def run(config: Path | None) -> int:
 async def _serve(daemon: Daemon) -> None:
     """Serve until a signal (the caller cancels us) or until leadership is lost."""
     running = await start(daemon)
+    collector = asyncio.create_task(gcpolicy.collect_periodically(daemon.clock), name="full-gc")
     try:
         await daemon.leadership_lost.wait()
     finally:
+        collector.cancel()
         await running.stop()
 
 
