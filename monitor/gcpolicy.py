@@ -7,8 +7,9 @@ incidents, sessions. At 100,000 connections that was 40-150 ms with the event lo
 two-minute run, and a scrape every second (whose samples are short-lived objects) brought the next one sooner. Those
 stalls made the webhook p99 (bench/scrape.py). Young collections stay automatic; full ones run every
 `FULL_COLLECTION_INTERVAL` seconds, so the same stall happens about once in two minutes instead of six times a minute.
-What they free is only cyclic garbage (reference counting frees the rest at once), which grows by ~100 objects a
-second at that load: a few MB at most between two runs."""
+Each scheduled one still stops the loop: 96.5 ms at 100,000 connections after two minutes of that load. What they
+free is only the cyclic garbage that had grown old first (young cycles, such as a failed request's exception and its
+frames, still go in young collections): 6,666 objects in those two minutes."""
 
 from __future__ import annotations
 

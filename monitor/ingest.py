@@ -86,9 +86,9 @@ def stored_body(payload: Any, raw: bytes) -> tuple[str, str | None]:
 
 
 # (inbox id, received at) of a body seen. A plain tuple of atoms, which the cyclic garbage collector stops tracking
-# after its first young collection: the index holds up to hundreds of thousands of entries, and as tracked objects
-# (a slots dataclass) they made up ~90% of the oldest generation, so each full collection walked them all: 80 ms
-# stalls, a dozen a minute under webhook load (bench/README.md).
+# after its first young collection. The index holds up to hundreds of thousands of entries; as tracked objects (a
+# slots dataclass) they were ~90% of the oldest generation, and full collections grew with them: to 38 ms within a
+# run at 1,000 connections, 54-149 ms at 100,000 (bench/README.md, session 5).
 _Seen = tuple[int, datetime]
 
 
