@@ -9,7 +9,7 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -85,11 +85,36 @@ def stored_body(payload: Any, raw: bytes) -> tuple[str, str | None]:
     return json.dumps(redacted, separators=(",", ":")), token
 
 
-# (inbox id, received at) of a body seen. A plain tuple of atoms, which the cyclic garbage collector stops tracking
-# after its first young collection. The index holds up to hundreds of thousands of entries; as tracked objects (a
-# slots dataclass) they were ~90% of the oldest generation, and full collections grew with them: to 38 ms within a
-# run at 1,000 connections, 54-149 ms at 100,000 (bench/README.md, session 5).
-_Seen = tuple[int, datetime]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_TIME_BITS = 56  # microseconds since 1970 fit until the year 4253
+
+
+def _entry(inbox_id: int, at: datetime) -> int:
+    """An index entry: the inbox id and the time received, packed in one int. The index holds up to hundreds of
+    thousands of entries. As slots dataclasses they were ~90% of the oldest generation, and full collections grew with
+    them (to 38 ms within a run at 1,000 connections, 54-149 ms at 100,000); an int is not tracked by the collector at
+    all, and takes ~40 bytes where a tuple of an int and a datetime took ~150 (bench/README.md, session 5)."""
+    return inbox_id << _TIME_BITS | (at - _EPOCH) // _MICROSECOND
+
+
+def _entry_id(entry: int) -> int:
+    return entry >> _TIME_BITS
+
+
+def _entry_age(entry: int, now: datetime) -> timedelta:
+    return now - (_EPOCH + (entry & ((1 << _TIME_BITS) - 1)) * _MICROSECOND)
+
+
+def _key(body_hash: str) -> bytes | str:
+    """The index's key for a body: its SHA-256 as 32 bytes (65 bytes in memory against 113 for the hex digest), or
+    the hash as given when it is not a hex SHA-256."""
+    if len(body_hash) == 64:
+        try:
+            return bytes.fromhex(body_hash)
+        except ValueError:
+            pass
+    return body_hash
 
 
 class DedupeIndex:
@@ -100,8 +125,8 @@ class DedupeIndex:
     def __init__(self, window: timedelta, entity_cap: int = 200_000) -> None:
         self._window = window
         self._cap = entity_cap
-        self._lifecycle: OrderedDict[str, _Seen] = OrderedDict()
-        self._entity: OrderedDict[str, _Seen] = OrderedDict()
+        self._lifecycle: OrderedDict[bytes | str, int] = OrderedDict()  # key -> _entry(inbox id, received at)
+        self._entity: OrderedDict[bytes | str, int] = OrderedDict()
         self._last_lifecycle: dict[str, int] = {}
 
     def seed(self, rows: Iterable[DedupeRow]) -> None:
@@ -111,20 +136,21 @@ class DedupeIndex:
 
     def is_duplicate(self, item: InboxItem, now: datetime) -> bool:
         table = self._lifecycle if item.is_lifecycle else self._entity
-        seen = table.get(item.body_hash)
-        if seen is None or now - seen[1] > self._window:
+        seen = table.get(_key(item.body_hash))
+        if seen is None or _entry_age(seen, now) > self._window:
             return False
         if item.connection_id is None:
             return True
-        return self._last_lifecycle.get(item.connection_id, 0) <= seen[0]
+        return self._last_lifecycle.get(item.connection_id, 0) <= _entry_id(seen)
 
     def record(self, inbox_id: int, item: InboxItem) -> None:
         self._record(inbox_id, item.body_hash, item.connection_id, item.is_lifecycle, item.received_at)
 
     def _record(self, inbox_id: int, body_hash: str, connection_id: str | None, lifecycle: bool, at: datetime) -> None:
         table = self._lifecycle if lifecycle else self._entity
-        table.pop(body_hash, None)
-        table[body_hash] = (inbox_id, at)
+        key = _key(body_hash)
+        table.pop(key, None)
+        table[key] = _entry(inbox_id, at)
         if lifecycle and connection_id is not None:
             self._last_lifecycle[connection_id] = inbox_id
         if not lifecycle and len(table) > self._cap:
@@ -135,7 +161,7 @@ class DedupeIndex:
         for table in (self._lifecycle, self._entity):
             while table:
                 key, seen = next(iter(table.items()))
-                if now - seen[1] <= self._window:
+                if _entry_age(seen, now) <= self._window:
                     break
                 del table[key]
 
