@@ -4,7 +4,7 @@ webhook waits for its own commit only."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
@@ -60,8 +60,12 @@ async def until(condition: object, what: str) -> None:
     raise AssertionError(f"never: {what}")
 
 
+Held = tuple[HeldStore, InboxWriter, list[int], "asyncio.Task[None]"]
+
+
 @pytest.fixture
-async def held() -> tuple[HeldStore, InboxWriter, list[int]]:
+async def held() -> AsyncIterator[Held]:
+    """A writer running over a HeldStore; at the end it must stop within 5 s of `close()`."""
     store = HeldStore()
     landed: list[int] = []
     writer = InboxWriter(
@@ -71,14 +75,16 @@ async def held() -> tuple[HeldStore, InboxWriter, list[int]]:
         on_commit=lambda: landed.append(len(store.commits)),
         max_in_flight=2,
     )
-    return store, writer, landed
+    runner = asyncio.create_task(writer.run())
+    yield store, writer, landed, runner
+    writer.close()
+    await asyncio.wait_for(runner, 5)
 
 
 async def test_a_webhook_arriving_during_a_commit_goes_out_in_the_next_one_at_once(
-    held: tuple[HeldStore, InboxWriter, list[int]],
+    held: Held,
 ) -> None:
-    store, writer, _ = held
-    runner = asyncio.create_task(writer.run())
+    store, writer, _, _ = held
     first = asyncio.create_task(writer.submit(entity(1)))
     await until(lambda: len(store.commits) == 1, "the first commit starts")
     second = asyncio.create_task(writer.submit(entity(2)))
@@ -94,15 +100,12 @@ async def test_a_webhook_arriving_during_a_commit_goes_out_in_the_next_one_at_on
     store.release(1)
     store.release(2)
     assert [await second, await third] == [Verdict.ACCEPTED, Verdict.ACCEPTED]
-    writer.close()
-    await asyncio.wait_for(runner, 5)
 
 
 async def test_a_body_in_flight_is_a_duplicate_unless_a_lifecycle_event_came_since(
-    held: tuple[HeldStore, InboxWriter, list[int]],
+    held: Held,
 ) -> None:
-    store, writer, _ = held
-    runner = asyncio.create_task(writer.run())
+    store, writer, _, _ = held
     original = asyncio.create_task(writer.submit(entity(1)))
     await until(lambda: len(store.commits) == 1, "the first commit starts")
     assert await writer.submit(entity(1)) is Verdict.DUPLICATE  # answered while the original is still in flight
@@ -115,15 +118,12 @@ async def test_a_body_in_flight_is_a_duplicate_unless_a_lifecycle_event_came_sin
     assert [await original, await disabled, await again] == [Verdict.ACCEPTED] * 3
     assert [len(c) for c in store.commits] == [1, 1, 1]
     assert await writer.submit(entity(1)) is Verdict.DUPLICATE  # now from the index: stored, nothing since
-    writer.close()
-    await asyncio.wait_for(runner, 5)
 
 
 async def test_a_failed_commit_fails_its_webhooks_and_the_next_copy_is_stored(
-    held: tuple[HeldStore, InboxWriter, list[int]],
+    held: Held,
 ) -> None:
-    store, writer, landed = held
-    runner = asyncio.create_task(writer.run())
+    store, writer, landed, _ = held
     store.fail_next = True
     doomed = asyncio.create_task(writer.submit(entity(1)))
     await until(lambda: len(store.commits) == 1, "the commit starts")
@@ -136,15 +136,12 @@ async def test_a_failed_commit_fails_its_webhooks_and_the_next_copy_is_stored(
     store.release(1)
     assert await retry is Verdict.ACCEPTED
     assert landed == [2]
-    writer.close()
-    await asyncio.wait_for(runner, 5)
 
 
 async def test_close_returns_after_the_commits_in_flight_have_ended(
-    held: tuple[HeldStore, InboxWriter, list[int]],
+    held: Held,
 ) -> None:
-    store, writer, _ = held
-    runner = asyncio.create_task(writer.run())
+    store, writer, _, runner = held
     pending = [asyncio.create_task(writer.submit(entity(n))) for n in range(3)]
     await until(lambda: len(store.commits) == 1, "a commit starts")
     writer.close()
