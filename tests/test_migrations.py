@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from alembic import command
+from alembic.script import ScriptDirectory
 
-from monitor.store.sql import alembic_config, make_engine, normalize_url, open_store
+from monitor.store import StoreError
+from monitor.store.sql import SCHEMA_HEAD, alembic_config, make_engine, normalize_url, open_store
 from monitor.store.tables import metadata
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,6 +74,56 @@ async def test_store_migrates_at_open_without_drift(database_url: str) -> None:
     store = await open_store(database_url)
     await store.close()
     await asyncio.to_thread(command.check, alembic_config(url=database_url))
+
+
+def test_schema_head_is_the_newest_migration() -> None:
+    """SCHEMA_HEAD, which lets a store at head open without Alembic, names the newest migration."""
+    assert ScriptDirectory.from_config(alembic_config()).get_heads() == [SCHEMA_HEAD]
+
+
+async def test_store_behind_head_is_upgraded_at_open(database_url: str) -> None:
+    """A store stamped at an older revision is brought to head by open_store."""
+    assert alembic(plain(database_url), "upgrade", "0002").returncode == 0
+    store = await open_store(database_url)
+    await store.close()
+    engine = make_engine(normalize_url(database_url))
+    try:
+        async with engine.connect() as conn:
+            versions = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalars().all()
+    finally:
+        await engine.dispose()
+    assert versions == [SCHEMA_HEAD]
+
+
+async def test_store_stamped_by_a_newer_release_is_refused_clearly(database_url: str) -> None:
+    """A revision this release doesn't know is a StoreError that says what is wrong, not an Alembic traceback."""
+    await (await open_store(database_url)).close()
+    engine = make_engine(normalize_url(database_url))
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("UPDATE alembic_version SET version_num = '0099'"))
+    finally:
+        await engine.dispose()
+    with pytest.raises(StoreError, match=r"migrate failed.*0099"):
+        await open_store(database_url)
+
+
+def test_store_at_head_opens_without_importing_alembic(tmp_path: Path) -> None:
+    """Alembic is loaded only to migrate: a restart on a store at head leaves it out of the daemon's memory."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'monitor.db'}"
+    script = (
+        "import asyncio, sys\n"
+        "from monitor.store.sql import open_store\n"
+        "async def main():\n"
+        "    store = await open_store(sys.argv[1])\n"
+        "    await store.close()\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))\n"
+    )
+    first = subprocess.run([sys.executable, "-c", script, url], capture_output=True, text=True, timeout=60, check=True)
+    assert "'alembic.command'" in first.stdout  # a new store: migrated, so Alembic was loaded
+    again = subprocess.run([sys.executable, "-c", script, url], capture_output=True, text=True, timeout=60, check=True)
+    assert again.stdout.splitlines()[-1] == "[]"
 
 
 @pytest.mark.postgres
