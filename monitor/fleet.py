@@ -53,6 +53,10 @@ class Fleet:
         """Connections not deleted."""
         return (s for s in list(self._by_id.values()) if s.deleted_at is None)
 
+    def live_ids(self) -> tuple[str, ...]:
+        """The ids of the connections not deleted: a snapshot that later changes to the fleet leave alone."""
+        return tuple(cid for cid, s in self._by_id.items() if s.deleted_at is None)
+
     def put(self, state: ConnectionState) -> None:
         """Insert or replace one connection and keep the aggregates right."""
         old = self._by_id.get(state.id)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -101,14 +101,24 @@ def iter_due(
 
 
 async def most_due(
-    states: Sequence[ConnectionState], urgent: set[str], now: datetime, settings: PollSettings, limit: int
+    ids: Sequence[str],
+    lookup: Callable[[str], ConnectionState | None],
+    urgent: set[str],
+    now: datetime,
+    settings: PollSettings,
+    limit: int,
 ) -> tuple[list[ConnectionState], float]:
-    """The `limit` most due connections (`iter_due` order) and the largest overdue (0 when none), scanned in slices
-    that give the event loop back in between, keeping only the best `limit` items at a time."""
+    """The `limit` most due of the connections `ids` names (`iter_due` order) and the largest overdue (0 when none),
+    scanned in slices that give the event loop back in between, keeping only the best `limit` items at a time.
+
+    The scan takes ids and looks each slice's states up: a tuple of strings is a container the garbage collector
+    stops tracking, where a list of 100,000 states stayed tracked through the whole scan and made every middle-
+    generation collection in it walk 100,000 references (8-12 ms instead of 3-9 ms, bench/README.md)."""
     best: list[DueItem] = []
     worst = 0.0
-    for begin in range(0, len(states), SCAN_CHUNK):
-        chunk = list(iter_due(states[begin : begin + SCAN_CHUNK], urgent, now, settings, begin))
+    for begin in range(0, len(ids), SCAN_CHUNK):
+        states = [s for cid in ids[begin : begin + SCAN_CHUNK] if (s := lookup(cid)) is not None]
+        chunk = list(iter_due(states, urgent, now, settings, begin))
         if chunk:
             worst = max(worst, -min(item[1] for item in chunk))
             best = heapq.nsmallest(limit, best + chunk)
@@ -222,8 +232,8 @@ class Poller:
         recorder = self._recorder
         now = self._clock.now()
         await self._expire(now)
-        live = list(recorder.fleet.live())
-        chosen, lag = await most_due(live, recorder.urgent, now, self._settings, self.status_batch)
+        ids = recorder.fleet.live_ids()
+        chosen, lag = await most_due(ids, recorder.fleet.get, recorder.urgent, now, self._settings, self.status_batch)
         recorder.metrics.gauges.status_refresh_lag_seconds = lag
         if not chosen:
             return 0

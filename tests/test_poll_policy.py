@@ -68,6 +68,17 @@ def test_deleted_and_tokenless_connections_are_never_due() -> None:
 async def test_most_due_keeps_the_best_within_the_limit_and_reports_the_worst_lag() -> None:
     """Across scan slices, the `limit` most due come back in order and the lag is the largest overdue."""
     states = [conn(f"c{n:05}", last_status_at=NOW - timedelta(hours=1, seconds=n)) for n in range(12_000)]
-    chosen, lag = await most_due(states, set(), NOW, SETTINGS, limit=3)
+    by_id = {s.id: s for s in states}
+    chosen, lag = await most_due(list(by_id), by_id.get, set(), NOW, SETTINGS, limit=3)
     assert [s.id for s in chosen] == ["c11999", "c11998", "c11997"]
     assert lag == 11_999.0
+
+
+async def test_most_due_skips_ids_gone_since_the_snapshot() -> None:
+    """An id whose connection left the fleet during the scan is skipped, not looked up into an error."""
+    states = [conn(f"c{n:05}", last_status_at=None) for n in range(3)]
+    by_id = {s.id: s for s in states}
+    ids = list(by_id)
+    del by_id["c00000"]
+    chosen, _ = await most_due(ids, by_id.get, set(), NOW, SETTINGS, limit=5)
+    assert [s.id for s in chosen] == ["c00001", "c00002"]
