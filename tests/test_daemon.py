@@ -3,6 +3,7 @@ and the JSON API. Time is a FakeClock shared by both; poll jobs are called by ha
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -107,6 +108,41 @@ async def test_bad_and_repeated_webhooks_get_clear_answers_and_change_nothing(tm
         health = "rutter_connection_health_transitions_total"
         labels = {"platform": "SHOPIFY", "from_health": "healthy", "to_health": "disabled"}
         assert await r.sample(health, **labels, reason="SHOP_NOT_FOUND") == 1
+
+
+async def test_bodies_without_a_length_or_shorter_than_it_are_answered_and_the_daemon_goes_on(tmp_path: Path) -> None:
+    """A chunked body (no Content-Length) is stored or refused with 413 by its streamed size; an empty body is
+    malformed; a client that closes before sending the length it declared costs nothing."""
+
+    async def chunked(body: bytes) -> aiohttp.ClientResponse:
+        async def parts():  # type: ignore[no-untyped-def]
+            for start in range(0, len(body), 1000):
+                yield body[start : start + 1000]
+
+        headers = {"X-Rutter-Signature": sign(body, SECRET)}
+        async with r.http.post(f"{r.running.url}/webhooks/rutter", data=parts(), headers=headers) as resp:
+            await resp.read()
+            return resp
+
+    async with rig(tmp_path, settings={"monitor_webhook_max_bytes": 4096}) as r:
+        small = b'{"code":"ORDER_CREATED","pad":"' + b"x" * 3000 + b'"}'
+        big = b'{"code":"ORDER_CREATED","pad":"' + b"x" * 5000 + b'"}'
+        assert (await chunked(small)).status == 200
+        assert (await chunked(big)).status == 413
+        assert (await post_webhook(r, b"", sign(b"", SECRET))).status == 400
+        host, port = r.running.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"POST /webhooks/rutter HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b'{"code":')
+        await writer.drain()
+        writer.write_eof()
+        await reader.read()  # the connection is gone, so is the answer; the daemon counts it and goes on
+        writer.close()
+        assert (await post_webhook(r, small, sign(small, SECRET))).status == 200  # duplicate of the first: still 200
+        received = "rutter_webhooks_received_total"
+        assert await r.sample(received, code="ENTITY", outcome="accepted") == 1
+        assert await r.sample(received, code="ENTITY", outcome="duplicate") == 1
+        assert await r.sample(received, code="UNPARSED", outcome="too_large") == 1
+        assert await r.sample(received, code="UNPARSED", outcome="malformed") == 2  # the empty and the cut-off one
 
 
 async def test_unknown_codes_are_accepted_stored_and_counted(tmp_path: Path) -> None:
