@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from prometheus_client import CollectorRegistry, Counter, Info, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, Summary, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.domain import ConnectionState, Health, LifecycleStage
-from monitor.exposition import Exposition
+from monitor.exposition import Exposition, _children
 from monitor.fleet import Fleet
 from monitor.metrics import Metrics
 from monitor.rutter.client import Endpoint
@@ -103,6 +103,42 @@ async def test_the_daemons_exposition_says_what_prometheus_clients_says() -> Non
     assert families(ours) == families(generate_latest(registry).decode())
     assert ours.count("# TYPE ") == len(families(ours))
     assert (await exposition.render()).decode() == ours, "the second render, from the cached prefixes, differs"
+
+
+async def test_the_body_is_byte_for_byte_the_librarys_for_every_shape_it_reads_or_collects() -> None:
+    """Counters, gauges and histograms read from their children (labelled or not, a histogram whose first bucket is
+    negative and so has no _sum), set_function gauges, a summary and the custom collectors, interleaved in
+    registration order: the body is generate_latest's, byte for byte, on the first render and the cached ones."""
+    registry = registry_for(300)
+    negative = Histogram("neg_first_bucket", "No sum.", ["k"], buckets=[-1.0, 0.0, 1.0], registry=registry)
+    negative.labels("a").observe(0.5)
+    Summary("a_summary", "A summary.", registry=registry).observe(2.0)
+    Gauge("plain_gauge", "Unlabelled.", registry=registry).set(-3.5)
+    odd = Counter("odd_labels", "Help with a \\ backslash\nand a line.", ["v"], registry=registry)
+    odd.labels('quote " backslash \\ newline \n end').inc(3)
+    exposition = Exposition(registry)
+    assert await exposition.render() == generate_latest(registry)
+    odd.labels("second").inc()
+    assert await exposition.render(slice_seconds=0.0) == generate_latest(registry)
+
+
+def test_only_the_librarys_own_counters_gauges_and_histograms_are_read_from_their_children() -> None:
+    """A subclass, a set_function gauge, a summary and a custom collector are collected the usual way."""
+    registry = CollectorRegistry()
+    counter = Counter("c", "c", ["k"], registry=registry)
+    counter.labels("a").inc()
+    counter.labels("b")
+    assert [values for values, _ in _children(counter) or []] == [("a",), ("b",)]
+    histogram = Histogram("h", "h", registry=registry)
+    assert _children(histogram) == [((), histogram)]
+
+    class Mine(Counter):
+        pass
+
+    computed = Gauge("g", "g", registry=registry)
+    computed.set_function(lambda: 1.0)
+    for other in (Mine("m", "m", registry=registry), computed, Summary("s", "s", registry=registry), registry):
+        assert _children(other) is None
 
 
 async def test_a_value_change_shows_in_the_next_scrape_through_the_cache() -> None:
