@@ -122,8 +122,10 @@ def test_store_at_head_opens_without_importing_alembic(tmp_path: Path) -> None:
     )
     first = subprocess.run([sys.executable, "-c", script, url], capture_output=True, text=True, timeout=60, check=True)
     assert "'alembic.command'" in first.stdout  # a new store: migrated, so Alembic was loaded
+    assert "migrated=True" in first.stdout
     again = subprocess.run([sys.executable, "-c", script, url], capture_output=True, text=True, timeout=60, check=True)
     assert again.stdout.splitlines()[-1] == "[]"
+    assert "migrated=False" in again.stdout  # the log says a restart changed nothing
 
 
 @pytest.mark.postgres

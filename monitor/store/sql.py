@@ -126,12 +126,11 @@ async def open_store(url: str, *, migrate: bool = True, clock: Clock | None = No
         raise StoreError(f"store open failed: the directory {missing} of the SQLite file does not exist")
     store = SqlStore(make_engine(async_url), url=async_url, clock=clock or SystemClock())
     try:
-        if migrate:
-            await store.migrate()
+        upgraded = await store.migrate() if migrate else False
     except BaseException:
         await store.close()
         raise
-    log.info("store opened", url=redact_url(async_url), migrated=migrate)
+    log.info("store opened", url=redact_url(async_url), migrated=upgraded)
     return store
 
 
@@ -226,12 +225,12 @@ class SqlStore(AlertingQueries):
         """The engine, for leadership (a dedicated connection holds the lock)."""
         return self._engine
 
-    async def migrate(self) -> None:
+    async def migrate(self) -> bool:
         """Run `alembic upgrade head` on this store's engine, one replica at a time on PostgreSQL; a store already at
-        head is left alone without loading Alembic."""
+        head is left alone without loading Alembic. Whether Alembic ran."""
         async with self._guard("migrate"), self._engine.connect() as conn:
             if await conn.run_sync(_schema_versions) == {SCHEMA_HEAD}:
-                return
+                return False
         from alembic.util import CommandError  # imported only to migrate: see SCHEMA_HEAD
 
         try:
@@ -241,6 +240,7 @@ class SqlStore(AlertingQueries):
                 await conn.run_sync(_upgrade_head)
         except CommandError as exc:  # e.g. a database stamped by a newer release, at a revision this one lacks
             raise StoreError(self._describe("migrate", exc)) from exc
+        return True
 
     async def ping(self) -> None:
         async with self._read("ping") as conn:
