@@ -208,6 +208,6 @@ def _children(metric: object) -> list[tuple[tuple[str, ...], Any]] | None:
             value = child._sum if type(m) is Histogram else child._value
             if "_child_samples" in vars(child) or getattr(value, "_multiprocess", False):
                 return None  # a set_function gauge, or multiprocess values: the library reads those
-    except AttributeError:
+    except (AttributeError, TypeError):
         return None  # a version of the library laid out otherwise
     return children
