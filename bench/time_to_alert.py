@@ -12,6 +12,12 @@ platform with group_wait 30 s, posting to the fake Slack. Its samples (one conne
 disabled at spread-out moments) run concurrently, since each takes about 45 s.
 
     .venv/bin/python bench/time_to_alert.py [--samples 100] [--baseline-samples 20]
+
+`--flood RATE` measures the daemon path alone (no baseline) while the open-loop generator sends entity webhooks (no
+lifecycle codes, 1-3 KB, signed, for the other connections, each body once) at RATE per second for 60 s; the samples
+start 10 s into it, and those sent after it ended measure the inbox catching up:
+
+    .venv/bin/python bench/time_to_alert.py --flood 1500 --samples 8
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import asyncio
 import json
 import random
 import shutil
+import subprocess
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -31,7 +38,7 @@ import aiohttp
 import common
 import yaml
 from aiohttp import web
-from corpus import api_headers
+from corpus import Mix, api_headers, build, fetch_connections
 
 from monitor.rutter.signature import HEADER, sign
 from monitor.simulator.platforms import ALL_PLATFORMS
@@ -163,7 +170,12 @@ async def main() -> None:
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--baseline-samples", type=int, default=20)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--flood", type=float, default=0.0, metavar="RATE",
+                        help="entity webhooks per second sent meanwhile (daemon path only)")  # fmt: skip
     args = parser.parse_args()
+    if args.flood:
+        await flooded(args.flood, args.samples, args.keep)
+        return
     prometheus_bin = shutil.which("prometheus")
     alertmanager_bin = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
     if not (prometheus_bin and alertmanager_bin):
@@ -215,6 +227,72 @@ async def main() -> None:
     finally:
         await runner.cleanup()
         if args.keep:
+            print(f"\nscratch folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+async def flooded(rate: float, samples: int, keep: bool, seconds: float = 60.0) -> None:
+    """The daemon path while entity webhooks arrive at `rate` per second for `seconds`."""
+    common.banner(f"Time to alert during a flood of {rate:g} entity webhooks/s")
+    work = common.workdir("alert-flood")
+    slack = FakeSlack()
+    app = web.Application()
+    app.router.add_post("/slack/{channel}", slack.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    slack_port = common.free_port()
+    await web.TCPSite(runner, common.HOST, slack_port).start()
+    per_platform = 40 + -(-samples // len(ALL_PLATFORMS))
+    sim, sim_url = common.simulator(
+        work, connections=per_platform * len(ALL_PLATFORMS), platforms=ALL_PLATFORMS, initial_mix="ongoing"
+    )
+    port = common.free_port()
+    url = f"http://{common.HOST}:{port}"
+    gen: asyncio.subprocess.Process | None = None
+    try:
+        with common.running(sim):
+            await common.wait_http(f"{sim_url}/_sim/stats", sim)
+            env = common.daemon_env(sim_url, work / "monitor.db", port, slack_webhook_url=f"http://{common.HOST}:"
+                                    f"{slack_port}/slack/daemon")  # fmt: skip
+            daemon = common.daemon(work, env)
+            with common.running(daemon):
+                await common.wait_http(f"{url}/readyz", daemon, within=120)
+                async with aiohttp.ClientSession() as http:
+                    targets = pick(await listed_connections(http, sim_url), ALL_PLATFORMS, samples)
+                    chosen = {conn["id"] for conn in targets}
+                    others = [c for c in await fetch_connections(sim_url, common.CLIENT_ID, common.SECRET)
+                              if c.id not in chosen]  # fmt: skip
+                    corpus = build(work / "flood.tsv", others, int(rate * seconds) + 1, seed=5,
+                                   secret=common.SECRET, mix=Mix(lifecycle_share=0.0, duplicate_share=0.0))  # fmt: skip
+                    gen = await asyncio.create_subprocess_exec(
+                        common.PYTHON, str(common.BENCH / "loadgen.py"), "--url", f"{url}/webhooks/rutter",
+                        "--corpus", str(corpus.path), "--rate", f"{rate:g}", "--duration", f"{seconds:g}",
+                        stdout=subprocess.DEVNULL, cwd=common.BENCH)  # fmt: skip
+                    flood_started = time.perf_counter()
+                    await asyncio.sleep(10)
+                    ours = []
+                    for conn in targets:
+                        sent = time.perf_counter() - flood_started
+                        (latency,) = await daemon_path(http, slack, sim_url, url, [conn])
+                        ours.append(latency)
+                        print(f"sample sent {sent:.0f} s into the flood: {latency:.3f} s", flush=True)
+                    async with http.get(f"{url}/metrics") as resp:
+                        text = await resp.text()
+        backlog = [line for line in text.splitlines() if line.startswith("rutter_monitor_inbox_")]
+        a = sorted(ours)
+        print()
+        print(common.table(["path", "flood webhooks/s", "samples", "p50 s", "p99 s", "max s"],
+                           [["rutter-monitor -> Slack", f"{rate:g}", len(a), f"{common.percentile(a, 50):.3f}",
+                             f"{common.percentile(a, 99):.3f}", f"{a[-1]:.3f}"]]))  # fmt: skip
+        print("\nafter the last sample: " + ", ".join(backlog))
+    finally:
+        if gen is not None:
+            if gen.returncode is None:
+                gen.kill()
+            await gen.wait()
+        await runner.cleanup()
+        if keep:
             print(f"\nscratch folder kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
