@@ -87,6 +87,18 @@ class FakeSlack:
                 continue
 
 
+async def start_fake_slack() -> tuple[FakeSlack, web.AppRunner, int]:
+    """The fake Slack on a free loopback port: the receiver, its runner (to clean up) and the port."""
+    slack = FakeSlack()
+    app = web.Application()
+    app.router.add_post("/slack/{channel}", slack.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = common.free_port()
+    await web.TCPSite(runner, common.HOST, port).start()
+    return slack, runner, port
+
+
 async def disable_in_sim(http: aiohttp.ClientSession, sim_url: str, connection_id: str) -> None:
     """The simulator shows the connection disabled (status endpoint), but sends no webhook: we send it."""
     async with http.post(f"{sim_url}/_sim/connections/{connection_id}/disable",
@@ -182,13 +194,7 @@ async def main() -> None:
         raise SystemExit("needs prometheus and alertmanager: apt-get install -y prometheus prometheus-alertmanager")
     common.banner("Time to alert: CONNECTION_DISABLED webhook to Slack")
     work = common.workdir("alert")
-    slack = FakeSlack()
-    app = web.Application()
-    app.router.add_post("/slack/{channel}", slack.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    slack_port = common.free_port()
-    await web.TCPSite(runner, common.HOST, slack_port).start()
+    slack, runner, slack_port = await start_fake_slack()
     slack_url = f"http://{common.HOST}:{slack_port}/slack"
     platforms = ALL_PLATFORMS
     per_platform = 4 + -(-args.samples // (len(platforms) - args.baseline_samples))
@@ -236,13 +242,7 @@ async def flooded(rate: float, samples: int, keep: bool, seconds: float = 60.0) 
     """The daemon path while entity webhooks arrive at `rate` per second for `seconds`."""
     common.banner(f"Time to alert during a flood of {rate:g} entity webhooks/s")
     work = common.workdir("alert-flood")
-    slack = FakeSlack()
-    app = web.Application()
-    app.router.add_post("/slack/{channel}", slack.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    slack_port = common.free_port()
-    await web.TCPSite(runner, common.HOST, slack_port).start()
+    slack, runner, slack_port = await start_fake_slack()
     per_platform = 40 + -(-samples // len(ALL_PLATFORMS))
     sim, sim_url = common.simulator(
         work, connections=per_platform * len(ALL_PLATFORMS), platforms=ALL_PLATFORMS, initial_mix="ongoing"
