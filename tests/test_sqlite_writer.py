@@ -45,7 +45,8 @@ async def test_a_batch_is_stored_in_order_and_read_back_identical(tmp_path: Path
         assert len(set(ids)) == 4
         assert store.commits == 1
         rows = await store.unprocessed_inbox(10)
-        assert [(r.id, r.item) for r in rows] == list(zip(ids, items, strict=True))
+        written = list(zip(ids, items, strict=True))
+        assert [(r.id, r.item) for r in rows] == [written[1], written[0], *written[2:]]  # the lifecycle lane first
         assert (await store.dedupe_rows(T0))[1].is_lifecycle is True
     finally:
         await store.close()

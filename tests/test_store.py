@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from monitor.clock import FakeClock
 from monitor.domain import (
@@ -25,7 +26,15 @@ from monitor.domain import (
     Transition,
 )
 from monitor.store import ConnectionQuery, InboxItem, StoreError
-from monitor.store.sql import SqlStore, make_engine, normalize_url, open_store, redact_url
+from monitor.store.sql import (
+    SqlStore,
+    lane_head,
+    make_engine,
+    normalize_url,
+    open_store,
+    pending_inbox,
+    redact_url,
+)
 from monitor.store.tables import connections, webhook_inbox
 from tests.states import connection_state
 
@@ -166,7 +175,7 @@ async def test_inbox_lifecycle(store: SqlStore, database_url: str) -> None:
     assert ids == sorted(ids)
     assert len(set(ids)) == 3
     assert [(r.id, r.item) for r in await store.unprocessed_inbox(10)] == list(zip(ids, items, strict=True))
-    assert [r.id for r in await store.unprocessed_inbox(1, after_id=ids[0])] == [ids[1]]
+    assert [r.id for r in await store.unprocessed_inbox(2)] == ids[:2]
 
     await store.save([], processed_inbox_ids=[ids[0], ids[2]])
     assert [r.id for r in await store.unprocessed_inbox(10)] == [ids[1]]
@@ -221,6 +230,48 @@ async def test_inbox_backlog(store: SqlStore) -> None:
     ids = await store.insert_inbox([item(n, at=T0 + timedelta(minutes=n)) for n in range(3)])
     await store.save([], processed_inbox_ids=[ids[0]])
     assert await store.inbox_backlog() == (2, T0 + timedelta(minutes=1))
+
+
+@pytest.mark.parametrize("oldest_lane", ["entity", "lifecycle"])
+async def test_inbox_backlog_dates_the_oldest_of_either_lane(store: SqlStore, oldest_lane: str) -> None:
+    """The oldest pending row is found whichever lane holds it, and a processed row no longer counts."""
+    lanes = [oldest_lane == "lifecycle", oldest_lane != "lifecycle", oldest_lane == "lifecycle"]
+    ids = await store.insert_inbox(
+        [item(n, at=T0 + timedelta(minutes=n), lifecycle=lane) for n, lane in enumerate(lanes)]
+    )
+    assert await store.inbox_backlog() == (3, T0)
+    await store.save([], processed_inbox_ids=[ids[0]])
+    assert await store.inbox_backlog() == (2, T0 + timedelta(minutes=1))
+
+
+async def test_pending_inbox_is_lifecycle_first_then_entity_each_in_arrival_order(store: SqlStore) -> None:
+    """A disable queued behind a flood of entity webhooks is read first: the lifecycle lane, then the entity lane,
+    each oldest first; a limit cuts the entity lane, never the lifecycle rows ahead of it."""
+    lanes = [False, False, True, False, True, False]
+    ids = await store.insert_inbox(
+        [item(n, at=T0 + timedelta(seconds=n), lifecycle=lane) for n, lane in enumerate(lanes)]
+    )
+    lifecycle = [i for i, lane in zip(ids, lanes, strict=True) if lane]
+    entity = [i for i, lane in zip(ids, lanes, strict=True) if not lane]
+    assert [r.id for r in await store.unprocessed_inbox(10)] == lifecycle + entity
+    assert [r.id for r in await store.unprocessed_inbox(3)] == [*lifecycle, entity[0]]
+    assert [r.item.is_lifecycle for r in await store.unprocessed_inbox(10)] == [True, True, False, False, False, False]
+    await store.save([], processed_inbox_ids=[lifecycle[0], entity[0]])
+    assert [r.id for r in await store.unprocessed_inbox(10)] == [lifecycle[1], *entity[1:]]
+
+
+async def test_pending_inbox_reads_one_index_range_on_sqlite(tmp_path: Path) -> None:
+    """The processor's read and the backlog's lane heads use the partial index, without a sort over the pending
+    rows: under a backlog of 100,000 rows a sort per batch would cost more than the batch."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'plan.db'}"
+    await (await open_store(url)).close()  # the schema as the migrations build it
+    dialect = sqlite_dialect.dialect()
+    with sqlite3.connect(tmp_path / "plan.db") as db:
+        for stmt in (pending_inbox(10), lane_head(True), lane_head(False)):
+            sql = str(stmt.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+            plan = " | ".join(row[-1] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}"))
+            assert "ix_webhook_inbox_pending" in plan, plan
+            assert "TEMP B-TREE" not in plan, plan
 
 
 async def test_list_filters_and_pages(store: SqlStore) -> None:

@@ -76,8 +76,9 @@ class Store(Protocol):
         """Persist `items` in one transaction (group commit) and return their ids, in order."""
         ...
 
-    async def unprocessed_inbox(self, limit: int, after_id: int = 0) -> list[InboxRecord]:
-        """Inbox rows not yet processed, oldest first."""
+    async def unprocessed_inbox(self, limit: int) -> list[InboxRecord]:
+        """Inbox rows not yet processed: lifecycle rows first, then entity rows, each lane oldest first. An entity
+        webhook only stamps when data last arrived, so a disable need not wait behind a flood of them."""
         ...
 
     async def dedupe_rows(self, since: datetime) -> list[DedupeRow]:

@@ -56,7 +56,7 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///rutter-monitor.db"
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # The newest migration's revision (tests/test_migrations.py holds it equal to Alembic's head). A store already at it
 # opens without importing Alembic, which costs ~11 MB of RSS for the daemon's lifetime (bench/README.md, session 6).
-SCHEMA_HEAD = "0003"
+SCHEMA_HEAD = "0004"
 
 _SQLITE_BUSY_TIMEOUT_MS = 15_000
 _PG_CONNECT_TIMEOUT_S = 10
@@ -192,6 +192,21 @@ def _schema_versions(connection: sa.Connection) -> set[str]:
     return {str(v) for v in connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalars()}
 
 
+def pending_inbox(limit: int) -> sa.Select[Any]:
+    """Unprocessed inbox rows, lifecycle rows first, each lane in arrival order: one range of the partial index
+    ix_webhook_inbox_pending (is_lifecycle DESC, id) WHERE processed_at IS NULL, read without a sort."""
+    c = webhook_inbox.c
+    return sa.select(webhook_inbox).where(c.processed_at.is_(None)).order_by(c.is_lifecycle.desc(), c.id).limit(limit)
+
+
+def lane_head(lifecycle: bool) -> sa.Select[Any]:
+    """When the oldest unprocessed row of one lane arrived: a seek in ix_webhook_inbox_pending (over both lanes at
+    once, ORDER BY id would sort every pending row)."""
+    c = webhook_inbox.c
+    lane = c.is_lifecycle == (sa.true() if lifecycle else sa.false())
+    return sa.select(c.received_at).where(c.processed_at.is_(None), lane).order_by(c.id).limit(1)
+
+
 class SqlStore(AlertingQueries):
     """The durable store (its alerting queries live in monitor.store.alerts). On SQLite, writes pass a WriteGate
     (monitor.store.gate): the worker's calls overlap, an engine transaction runs alone, and each waits on the gate
@@ -274,13 +289,8 @@ class SqlStore(AlertingQueries):
         self._commits += 1
         return ids
 
-    async def unprocessed_inbox(self, limit: int, after_id: int = 0) -> list[InboxRecord]:
-        stmt = (
-            sa.select(webhook_inbox)
-            .where(webhook_inbox.c.processed_at.is_(None), webhook_inbox.c.id > after_id)
-            .order_by(webhook_inbox.c.id)
-            .limit(limit)
-        )
+    async def unprocessed_inbox(self, limit: int) -> list[InboxRecord]:
+        stmt = pending_inbox(limit)
         async with self._read("read inbox") as conn:
             rows = (await conn.execute(stmt)).mappings().all()
         return [InboxRecord(id=int(row["id"]), item=inbox_item_from_row(row)) for row in rows]
@@ -308,11 +318,10 @@ class SqlStore(AlertingQueries):
     async def inbox_backlog(self) -> tuple[int, datetime | None]:
         c = webhook_inbox.c
         pending = c.processed_at.is_(None)
-        oldest = sa.select(c.received_at).where(pending).order_by(c.id).limit(1)
         async with self._read("read inbox backlog") as conn:
             count = (await conn.execute(sa.select(sa.func.count()).where(pending))).scalar_one()
-            oldest_at = (await conn.execute(oldest)).scalar_one_or_none()
-        return int(count), oldest_at
+            heads = [(await conn.execute(lane_head(lane))).scalar_one_or_none() for lane in (True, False)]
+        return int(count), min((at for at in heads if at is not None), default=None)
 
     async def load_connections(self, include_deleted: bool = False) -> list[ConnectionState]:
         # Streamed, each partition of rows made into states at once: fetching every row first held the driver's

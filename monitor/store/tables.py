@@ -169,10 +169,16 @@ webhook_inbox = sa.Table(
     sa.Column("access_token", sa.String(), nullable=True),
     sa.Column("is_lifecycle", sa.Boolean(), nullable=False),
     sa.Column("processed_at", UTCDateTime(), nullable=True),
-    # The unprocessed scan is `processed_at IS NULL AND id > ? ORDER BY id`: one range of this index.
-    sa.Index(None, "processed_at", "id"),
     sa.Index(None, "received_at"),
     sqlite_autoincrement=True,
+)
+
+sa.Index(
+    "ix_webhook_inbox_pending",
+    webhook_inbox.c.is_lifecycle.desc(),
+    webhook_inbox.c.id,
+    sqlite_where=webhook_inbox.c.processed_at.is_(None),
+    postgresql_where=webhook_inbox.c.processed_at.is_(None),
 )
 
 inventories = sa.Table(
