@@ -108,7 +108,12 @@ class Daemon:
         self.metrics.rate_budget_used.set_function(self.limiter.used_ratio)
         self.rutter = self._rutter_override or self._client()
         self.processor = Processor(
-            self.recorder, self.clock, self.rutter, fast_wait=STATUS_FETCH_TIMEOUT, batch_size=PROCESS_BATCH
+            self.recorder,
+            self.clock,
+            self.rutter,
+            fast_wait=STATUS_FETCH_TIMEOUT,
+            batch_size=PROCESS_BATCH,
+            fetch_delay=self.limiter.delay,
         )
         self._alert_session = aiohttp.ClientSession()  # Slack and Alertmanager
         self.engine: AlertEngine = build_engine(

@@ -235,6 +235,11 @@ class Metrics:
             "rutter_monitor_inbox_commits_total",
             "Transactions that made webhooks durable; fewer than webhooks under load (group commit).", registry=r,
         )  # fmt: skip
+        self.fetches_deferred = Counter(
+            "rutter_monitor_status_fetches_deferred_total",
+            "Status fetches for webhooks left to the status refresh: the rate budget could not send them in time.",
+            registry=r,
+        )  # fmt: skip
         self.build_info = Gauge(
             "rutter_monitor_build_info", "Always 1; the version of the running daemon.", ["version"], registry=r,
         )  # fmt: skip

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import structlog
@@ -48,7 +48,10 @@ class Processor:
         fast_wait: float = 0.5,
         fetch_timeout: float = 10.0,
         fetch_concurrency: int = 8,
+        fetch_delay: Callable[[int], float] | None = None,
     ) -> None:
+        """`fetch_delay(ahead)`: seconds before a fetch asked now, behind `ahead` more, would be sent (the rate
+        limiter's `delay`); None: at once."""
         self._recorder = recorder
         self._clock = clock
         self._rutter = rutter
@@ -56,6 +59,7 @@ class Processor:
         self._fast_wait = fast_wait
         self._fetch_timeout = fetch_timeout
         self._fetch_slots = asyncio.Semaphore(fetch_concurrency)
+        self._fetch_delay = fetch_delay
         self._wake = asyncio.Event()
         self._draining = asyncio.Lock()  # one drain at a time: the loop, a test or shutdown
         self.processed = 0
@@ -178,8 +182,15 @@ class Processor:
         self, parsed: Sequence[tuple[InboxRecord, dict[str, object]]]
     ) -> dict[str, asyncio.Task[Fetched]]:
         """One status fetch per connection that needs one, with the details of a connection never seen or just
-        disabled without a known store name."""
+        disabled without a known store name.
+
+        A known connection's fetch that the rate budget could not send within `fast_wait` is not started: the
+        batch would wait `fast_wait` for nothing and the next batch (a disable perhaps) behind it. Its webhook is
+        applied without a status, as after a timeout, and the poller refreshes the connection first. Under a flood
+        of lifecycle webhooks this keeps the inbox moving at the store's pace, not at the budget's. A connection
+        never seen still waits for its fetch: its platform and stage come from it."""
         wanted: dict[str, tuple[str, bool]] = {}
+        first_sight: set[str] = set()
         for row, _ in parsed:
             cid = row.item.connection_id
             if cid is None:
@@ -190,6 +201,7 @@ class Processor:
                 continue
             if known is None or known.platform in UNKNOWN_PLATFORMS:
                 wanted[cid] = (token, True)
+                first_sight.add(cid)
             elif row.item.code in NEEDS_STATUS:
                 # a disable's alert names the store and may be routed by its name: fetch it once
                 details = row.item.code == "CONNECTION_DISABLED" and known.store_name is None
@@ -197,10 +209,17 @@ class Processor:
                 wanted[cid] = (previous[0] if previous else token, details or (previous is not None and previous[1]))
         if self._rutter is None:
             return {}
-        return {
-            cid: asyncio.create_task(self._fetch(cid, tok, det), name=f"status-fetch-{cid}")
-            for cid, (tok, det) in wanted.items()
-        }
+        fetches: dict[str, asyncio.Task[Fetched]] = {}
+        ahead = 0  # requests this batch has already queued
+        for cid in sorted(wanted, key=lambda c: c not in first_sight):  # those that must wait go first
+            token, details = wanted[cid]
+            if cid not in first_sight and self._fetch_delay is not None and self._fetch_delay(ahead) > self._fast_wait:
+                self._recorder.urgent.add(cid)
+                self._recorder.metrics.fetches_deferred.inc()
+                continue
+            fetches[cid] = asyncio.create_task(self._fetch(cid, token, details), name=f"status-fetch-{cid}")
+            ahead += 1 + details
+        return fetches
 
     async def _fetch(
         self, connection_id: str, token: str, with_details: bool

@@ -41,6 +41,7 @@ class SlidingWindowLimiter:
         self._clock = clock
         self._granted: deque[datetime] = deque()  # times of the last `limit` acquisitions, oldest first
         self._turns = (asyncio.Lock(), asyncio.Lock())  # FIFO per class: asyncio.Lock wakes in arrival order
+        self._queued = [0, 0]  # callers of each class not yet granted
 
     @property
     def limit(self) -> int:
@@ -56,18 +57,45 @@ class SlidingWindowLimiter:
     async def acquire(self, *, background: bool = False) -> None:
         """Wait until one more request fits in the window (a background one: under `limit - reserved`), then
         count it; callers of a class go in arrival order."""
-        cap = self._limit - self._reserved if background else self._limit
-        async with self._turns[background]:
-            while True:
-                now = self._clock.now()
-                self._expire(now)
-                if len(self._granted) < cap:
-                    self._granted.append(now)
-                    return
-                # room under the cap once the grant `cap` places from the newest leaves the window
-                wait = (self._granted[len(self._granted) - cap] + self._window - now).total_seconds()
-                log.debug("rate budget exhausted", wait_seconds=round(wait, 3), limit=cap)
-                await self._clock.sleep(wait)
+        cap = self._cap(background)
+        self._queued[background] += 1
+        try:
+            async with self._turns[background]:
+                while True:
+                    now = self._clock.now()
+                    self._expire(now)
+                    if len(self._granted) < cap:
+                        self._granted.append(now)
+                        return
+                    # room under the cap once the grant `cap` places from the newest leaves the window
+                    wait = (self._granted[len(self._granted) - cap] + self._window - now).total_seconds()
+                    log.debug("rate budget exhausted", wait_seconds=round(wait, 3), limit=cap)
+                    await self._clock.sleep(wait)
+        finally:
+            self._queued[background] -= 1
+
+    def delay(self, ahead: int = 0, *, background: bool = False) -> float:
+        """Seconds until one more acquisition of this class would be granted, behind the callers already waiting
+        and `ahead` more about to ask; 0.0 if at once. Exact unless the other class takes room meanwhile (then it
+        is a lower bound): the schedule the waiters will get is played out."""
+        now = self._clock.now()
+        self._expire(now)
+        cap = self._cap(background)
+        window = self.window
+        granted = deque((at - now).total_seconds() for at in self._granted)  # seconds from now, oldest first
+        t = 0.0
+        for _ in range(self._queued[background] + ahead + 1):
+            while granted and granted[0] + window <= t:
+                granted.popleft()
+            if len(granted) >= cap:
+                t = granted[len(granted) - cap] + window
+                while granted and granted[0] + window <= t:
+                    granted.popleft()
+            granted.append(t)
+        return t
+
+    def _cap(self, background: bool) -> int:
+        return self._limit - self._reserved if background else self._limit
 
     def used_ratio(self) -> float:
         """Requests in the window ending now, over the limit: 1.0 means the next caller waits."""

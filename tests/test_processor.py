@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -197,5 +197,149 @@ async def test_a_disable_fetches_the_store_name_only_when_none_is_known(tmp_path
         await store.insert_inbox([again])
         assert await processor.drain() == 1
         assert rutter.details == ["anon"]
+    finally:
+        await store.close()
+
+
+class RecordingRutter:
+    """Answers every connection as disabled and notes, for each status asked, how many rows were processed then."""
+
+    def __init__(self) -> None:
+        self.processor: Processor | None = None
+        self.asked: list[tuple[str, int]] = []
+
+    async def fetch_status(self, access_token: str) -> StatusSnapshot:
+        cid = access_token.removeprefix("token-")
+        assert self.processor is not None
+        self.asked.append((cid, self.processor.processed))
+        return status(cid, ready=True, disabled=True)
+
+    async def fetch_connection(self, access_token: str) -> ConnectionDetails:
+        cid = access_token.removeprefix("token-")
+        return ConnectionDetails(id=cid, platform="XERO", store_name=f"store {cid}")
+
+
+def entity(cid: str, n: int, now: datetime) -> InboxItem:
+    body = {"type": "ORDER", "code": "ORDER_CREATED", "connection_id": cid, "n": n}
+    return InboxItem(
+        received_at=now,
+        code="ORDER_CREATED",
+        connection_id=cid,
+        body_hash=f"entity-{n}",
+        body=json.dumps(body),
+        access_token=None,
+        is_lifecycle=False,
+    )
+
+
+async def test_a_disable_behind_an_entity_flood_goes_in_the_first_batch(tmp_path: Path) -> None:
+    """A CONNECTION_DISABLED that arrived after 45 entity webhooks is decided before any of them: the lifecycle lane
+    comes first. The entity webhooks are then all processed, and stamp when data last arrived."""
+    clock = FakeClock(datetime(2026, 3, 1, tzinfo=UTC))
+    store = await open_store(f"sqlite+aiosqlite:///{tmp_path}/p.db", clock=clock)
+    try:
+        now = clock.now()
+        states = [known("busy", LifecycleStage.ONGOING, now), known("off-1", LifecycleStage.ONGOING, now)]
+        await store.save(states)
+        fleet = Fleet(states)
+        recorder = Recorder(store, fleet, Metrics(CollectorRegistry()), LifecycleSettings())
+        rutter = RecordingRutter()
+        processor = Processor(recorder, clock, rutter, batch_size=10)
+        rutter.processor = processor
+        disable = dataclasses.replace(item("off-1", now), code="CONNECTION_DISABLED", body_hash="h-off")
+        await store.insert_inbox([entity("busy", n, now) for n in range(45)])
+        await store.insert_inbox([disable])
+        clock.set(now + timedelta(minutes=1))
+        assert await processor.drain() == 46
+        assert rutter.asked == [("off-1", 0)]  # fetched for the first batch, before any entity row was processed
+        off = fleet.get("off-1")
+        assert off is not None
+        assert off.health is Health.DISABLED
+        assert off.disabled_reason == "SHOP_IS_LOCKED"
+        busy = fleet.get("busy")
+        assert busy is not None
+        assert busy.last_data_at == now + timedelta(minutes=1)
+        assert (await store.inbox_backlog())[0] == 0
+    finally:
+        await store.close()
+
+
+def deferred(metrics: Metrics) -> float:
+    value = metrics.registry.get_sample_value("rutter_monitor_status_fetches_deferred_total")
+    assert value is not None
+    return value
+
+
+async def test_a_status_the_budget_cannot_send_in_time_is_left_to_the_status_poll(tmp_path: Path) -> None:
+    """When the rate budget cannot send a known connection's fetch within the fast wait, the processor does not
+    start it: the disable is committed at once, without its reason, and the connection goes first in the status
+    poll. The fetches the budget can send still go, and a connection never seen still waits for its own."""
+    clock = FakeClock(datetime(2026, 3, 1, tzinfo=UTC))
+    store = await open_store(f"sqlite+aiosqlite:///{tmp_path}/p.db", clock=clock)
+    try:
+        now = clock.now()
+        states = [known(cid, LifecycleStage.ONGOING, now) for cid in ("off-1", "off-2", "off-3")]
+        await store.save(states)
+        fleet = Fleet(states)
+        metrics = Metrics(CollectorRegistry())
+        recorder = Recorder(store, fleet, metrics, LifecycleSettings())
+        rutter = RecordingRutter()
+        asked_ahead: list[int] = []
+
+        def budget(ahead: int) -> float:  # room for one request now, then 4 s until the next
+            asked_ahead.append(ahead)
+            return 0.0 if ahead < 1 else 4.0
+
+        processor = Processor(recorder, clock, rutter, fast_wait=0.5, fetch_delay=budget)
+        rutter.processor = processor
+        disables = [
+            dataclasses.replace(item(cid, now), code="CONNECTION_DISABLED", body_hash=f"h-{cid}")
+            for cid in ("off-1", "off-2", "off-3")
+        ]
+        await store.insert_inbox([*disables, item("new-1", now)])
+        assert await processor.drain() == 4
+        # the never-seen connection first (it must wait, and it takes 2 requests: status and details), so the
+        # budget's one free request is spent on it; each disable is then judged behind those two
+        assert rutter.asked == [("new-1", 0)]
+        assert asked_ahead == [2, 2, 2]
+        assert deferred(metrics) == 3
+        for cid in ("off-1", "off-2", "off-3"):
+            state = fleet.get(cid)
+            assert state is not None
+            assert state.health is Health.DISABLED
+            assert state.disabled_reason is None  # the status poll brings it
+            assert cid in recorder.urgent
+        assert fleet.get("new-1") is not None
+    finally:
+        await store.close()
+
+
+async def test_fetches_the_budget_can_send_in_time_all_go(tmp_path: Path) -> None:
+    """With room in the budget, every disable's status is fetched and nothing is deferred."""
+    clock = FakeClock(datetime(2026, 3, 1, tzinfo=UTC))
+    store = await open_store(f"sqlite+aiosqlite:///{tmp_path}/p.db", clock=clock)
+    try:
+        now = clock.now()
+        states = [
+            dataclasses.replace(known(cid, LifecycleStage.ONGOING, now), store_name=f"store {cid}")
+            for cid in ("off-1", "off-2")
+        ]
+        await store.save(states)
+        fleet = Fleet(states)
+        metrics = Metrics(CollectorRegistry())
+        recorder = Recorder(store, fleet, metrics, LifecycleSettings())
+        rutter = RecordingRutter()
+        processor = Processor(recorder, clock, rutter, fast_wait=0.5, fetch_delay=lambda ahead: 0.1 * ahead)
+        rutter.processor = processor
+        await store.insert_inbox(
+            [
+                dataclasses.replace(item(cid, now), code="CONNECTION_DISABLED", body_hash=f"h-{cid}")
+                for cid in ("off-1", "off-2")
+            ]
+        )
+        assert await processor.drain() == 2
+        assert sorted(cid for cid, _ in rutter.asked) == ["off-1", "off-2"]
+        assert deferred(metrics) == 0
+        assert [fleet.get(cid).disabled_reason for cid in ("off-1", "off-2")] == ["SHOP_IS_LOCKED"] * 2  # type: ignore[union-attr]
     finally:
         await store.close()

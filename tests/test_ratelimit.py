@@ -122,6 +122,51 @@ async def test_a_cancelled_waiter_takes_no_slot_and_blocks_no_one() -> None:
     assert sleeper.cancelled()
 
 
+async def test_delay_predicts_when_the_next_acquirers_are_let_through() -> None:
+    """delay(ahead=k), asked before anyone waits, is when the (k+1)-th new acquirer is granted; a waiter counts as
+    one ahead until it is granted or cancelled."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(3, 10.0, clock=clock)
+    rec = Recorder(limiter, clock)
+    assert limiter.delay() == 0.0
+    rec.spawn(0)
+    rec.spawn(1)
+    await drain()
+    await clock.advance(2.5)
+    assert limiter.delay() == 0.0
+    assert limiter.delay(ahead=1) == 7.5  # the two grants of 0.0 leave at 10.0
+    rec.spawn(2)
+    await drain()
+    predicted = [limiter.delay(ahead=k) for k in range(4)]
+    assert predicted == [7.5, 7.5, 10.0, 17.5]  # the 4th waits for a grant made at 10.0 to leave
+    for key in (3, 4, 5):
+        rec.spawn(key)
+    await drain()
+    assert limiter.delay() == predicted[3]  # three wait ahead now
+    rec.tasks[-1].cancel()
+    await drain()
+    assert limiter.delay() == predicted[2]
+    await clock.advance(7.5)
+    await drain()
+    await clock.advance(2.5)
+    await drain()
+    assert rec.granted == {0: 0.0, 1: 0.0, 2: 2.5, 3: 10.0, 4: 10.0}
+    assert [rec.granted[k] - 2.5 for k in (3, 4)] == predicted[:2]
+    await asyncio.gather(*rec.tasks, return_exceptions=True)
+
+
+async def test_delay_of_background_requests_counts_the_reserve() -> None:
+    """A background request waits once limit - reserved are in the window; a foreground one not yet."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(5, 10.0, clock=clock, reserved=2)
+    for _ in range(3):
+        await limiter.acquire(background=True)
+    assert limiter.delay() == 0.0
+    assert limiter.delay(ahead=1) == 0.0
+    assert limiter.delay(ahead=2) == 10.0
+    assert limiter.delay(background=True) == 10.0
+
+
 async def test_used_ratio_counts_only_the_current_window() -> None:
     """used_ratio is grants in the window ending now over the limit, and falls back as grants age out."""
     clock = FakeClock()
@@ -176,12 +221,14 @@ def expected_grants(arrivals: list[int], limit: int, window: int) -> list[int]:
     return grants
 
 
-async def run_schedule(arrivals: list[int], limit: int, window: int) -> list[float]:
+async def run_schedule(arrivals: list[int], limit: int, window: int) -> tuple[list[float], list[float]]:
+    """When each arrival was granted, and when `delay()`, asked just before it arrived, said it would be."""
     clock = FakeClock()
     limiter = SlidingWindowLimiter(limit, window * STEP, clock=clock)
     rec = Recorder(limiter, clock)
     model = expected_grants(arrivals, limit, window)
     moments = sorted(set(arrivals) | set(model))
+    predicted: dict[int, float] = {}
     now = 0
     for moment in moments:
         await clock.advance((moment - now) * STEP)
@@ -189,11 +236,13 @@ async def run_schedule(arrivals: list[int], limit: int, window: int) -> list[flo
         await drain()
         for key, arrival in enumerate(arrivals):
             if arrival == moment:
+                predicted[key] = moment * STEP + limiter.delay()
                 rec.spawn(key)
                 await drain()
         await drain()
     await asyncio.wait_for(asyncio.gather(*rec.tasks), timeout=5)
-    return [rec.granted[k] for k in range(len(arrivals))]
+    keys = range(len(arrivals))
+    return [rec.granted[k] for k in keys], [predicted[k] for k in keys]
 
 
 @settings(max_examples=60, deadline=None)
@@ -203,14 +252,16 @@ async def run_schedule(arrivals: list[int], limit: int, window: int) -> list[flo
     gaps=st.lists(st.integers(min_value=0, max_value=12), min_size=1, max_size=30),
 )
 def test_any_arrival_pattern_gets_the_earliest_strict_fifo_schedule(limit: int, window: int, gaps: list[int]) -> None:
-    """For any arrivals, grants are FIFO, never exceed the limit in a window, and come as early as allowed."""
+    """For any arrivals, grants are FIFO, never exceed the limit in a window, and come as early as allowed; and
+    `delay()` asked at each arrival foretold its grant exactly."""
     arrivals: list[int] = []
     at = 0
     for gap in gaps:
         at += gap
         arrivals.append(at)
-    granted = asyncio.run(run_schedule(arrivals, limit, window))
+    granted, predicted = asyncio.run(run_schedule(arrivals, limit, window))
     assert granted == [g * STEP for g in expected_grants(arrivals, limit, window)]
+    assert predicted == granted
     assert_strict(granted, limit, window * STEP)
 
 
