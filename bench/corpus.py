@@ -45,6 +45,7 @@ class Mix:
     min_bytes: int = 1024
     max_bytes: int = 3072
     duplicate_lookback: int = 200  # a duplicate repeats one of the last N bodies
+    lifecycle_codes: tuple[tuple[str, float], ...] = LIFECYCLE_MIX  # (code, weight) of the lifecycle share
 
 
 def api_headers(client_id: str, secret: str) -> dict[str, str]:
@@ -147,7 +148,7 @@ def build(path: Path, conns: Sequence[Conn], count: int, *, seed: int, secret: s
     mix = mix or Mix()
     rng = random.Random(seed)
     at = datetime(2026, 1, 1, tzinfo=UTC)
-    codes, weights = zip(*LIFECYCLE_MIX, strict=True)
+    codes, weights = zip(*mix.lifecycle_codes, strict=True)
     recent: list[bytes] = []
     kinds: Counter[str] = Counter()
     total = 0

@@ -18,6 +18,13 @@ lifecycle codes, 1-3 KB, signed, for the other connections, each body once) at R
 start 10 s into it, and those sent after it ended measure the inbox catching up:
 
     .venv/bin/python bench/time_to_alert.py --flood 1500 --samples 8
+
+`--lifecycle-share S` makes that share of the flood lifecycle webhooks that need a status but raise no alert on a
+healthy ongoing connection (CONNECTION_UPDATED, HISTORICAL_UPDATE, INITIAL_UPDATE): at 1,500/s and 0.03, 45 status
+fetches a second, beyond the daemon's rate budget (100 requests per 10 s by default). The flood carries no disables,
+so the samples' Slack messages do not queue behind its own in the channel:
+
+    .venv/bin/python bench/time_to_alert.py --flood 1500 --lifecycle-share 0.03 --samples 8
 """
 
 from __future__ import annotations
@@ -184,9 +191,11 @@ async def main() -> None:
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--flood", type=float, default=0.0, metavar="RATE",
                         help="entity webhooks per second sent meanwhile (daemon path only)")  # fmt: skip
+    parser.add_argument("--lifecycle-share", type=float, default=0.0, metavar="S",
+                        help="with --flood: this share of it lifecycle webhooks that need a status")  # fmt: skip
     args = parser.parse_args()
     if args.flood:
-        await flooded(args.flood, args.samples, args.keep)
+        await flooded(args.flood, args.samples, args.keep, args.lifecycle_share)
         return
     prometheus_bin = shutil.which("prometheus")
     alertmanager_bin = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
@@ -238,9 +247,16 @@ async def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
 
 
-async def flooded(rate: float, samples: int, keep: bool, seconds: float = 60.0) -> None:
-    """The daemon path while entity webhooks arrive at `rate` per second for `seconds`."""
-    common.banner(f"Time to alert during a flood of {rate:g} entity webhooks/s")
+# Lifecycle codes that need a status fetch and, on a healthy ongoing connection, change nothing an alert reads.
+QUIET_LIFECYCLE = (("CONNECTION_UPDATED", 0.5), ("HISTORICAL_UPDATE", 0.3), ("INITIAL_UPDATE", 0.2))
+
+
+async def flooded(rate: float, samples: int, keep: bool, lifecycle_share: float = 0.0, seconds: float = 60.0) -> None:
+    """The daemon path while webhooks arrive at `rate` per second for `seconds`, `lifecycle_share` of them
+    lifecycle webhooks that need a status, the rest entity webhooks."""
+    mix = Mix(lifecycle_share=lifecycle_share, duplicate_share=0.0, lifecycle_codes=QUIET_LIFECYCLE)
+    what = f"{rate:g} webhooks/s, {lifecycle_share:.0%} lifecycle" if lifecycle_share else f"{rate:g} entity webhooks/s"
+    common.banner(f"Time to alert during a flood of {what}")
     work = common.workdir("alert-flood")
     slack, runner, slack_port = await start_fake_slack()
     per_platform = 40 + -(-samples // len(ALL_PLATFORMS))
@@ -264,7 +280,7 @@ async def flooded(rate: float, samples: int, keep: bool, seconds: float = 60.0) 
                     others = [c for c in await fetch_connections(sim_url, common.CLIENT_ID, common.SECRET)
                               if c.id not in chosen]  # fmt: skip
                     corpus = build(work / "flood.tsv", others, int(rate * seconds) + 1, seed=5,
-                                   secret=common.SECRET, mix=Mix(lifecycle_share=0.0, duplicate_share=0.0))  # fmt: skip
+                                   secret=common.SECRET, mix=mix)  # fmt: skip
                     gen = await asyncio.create_subprocess_exec(
                         common.PYTHON, str(common.BENCH / "loadgen.py"), "--url", f"{url}/webhooks/rutter",
                         "--corpus", str(corpus.path), "--rate", f"{rate:g}", "--duration", f"{seconds:g}",
@@ -279,11 +295,13 @@ async def flooded(rate: float, samples: int, keep: bool, seconds: float = 60.0) 
                         print(f"sample sent {sent:.0f} s into the flood: {latency:.3f} s", flush=True)
                     async with http.get(f"{url}/metrics") as resp:
                         text = await resp.text()
-        backlog = [line for line in text.splitlines() if line.startswith("rutter_monitor_inbox_")]
+        backlog = [line for line in text.splitlines()
+                   if line.startswith(("rutter_monitor_inbox_", "rutter_monitor_status_fetches_deferred"))]  # fmt: skip
         a = sorted(ours)
         print()
-        print(common.table(["path", "flood webhooks/s", "samples", "p50 s", "p99 s", "max s"],
-                           [["rutter-monitor -> Slack", f"{rate:g}", len(a), f"{common.percentile(a, 50):.3f}",
+        print(common.table(["path", "flood webhooks/s", "lifecycle share", "samples", "p50 s", "p99 s", "max s"],
+                           [["rutter-monitor -> Slack", f"{rate:g}", f"{lifecycle_share:.0%}", len(a),
+                             f"{common.percentile(a, 50):.3f}",
                              f"{common.percentile(a, 99):.3f}", f"{a[-1]:.3f}"]]))  # fmt: skip
         print("\nafter the last sample: " + ", ".join(backlog))
     finally:
