@@ -22,6 +22,7 @@ def deferred() -> Iterator[tuple[int, int, int]]:
         yield before
     finally:
         gc.set_threshold(*before)
+        gc.unfreeze()  # the scheduled collections freeze their survivors: give them back to the other tests
 
 
 class _Cycle:
@@ -74,6 +75,32 @@ async def test_the_scheduled_collection_frees_old_cyclic_garbage_on_the_clock(de
         assert gone() is None
         await clock.advance(240.0)
         assert len(calls) == 3
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_survivors_are_frozen_and_the_whole_heap_is_collected_every_thaw_every_rounds(
+    deferred: tuple[int, int, int],
+) -> None:
+    """A round freezes what survives it, so the next one does not walk it again; a cycle that was alive then and
+    became garbage later waits for the round that unfreezes the whole heap (here every 3rd), and is freed there."""
+    clock = FakeClock()
+    cycle = _Cycle()
+    gone = weakref.ref(cycle)
+    gc.unfreeze()
+    task = asyncio.create_task(gcpolicy.collect_periodically(clock, interval=120.0, thaw_every=3))
+    try:
+        await asyncio.sleep(0)
+        await clock.advance(120.0)  # round 1: the cycle is alive, so it survives and is frozen
+        assert gc.get_freeze_count() > 0
+        frozen = gc.get_freeze_count()
+        del cycle
+        await clock.advance(120.0)  # round 2 walks only what grew old since round 1
+        assert gone() is not None
+        assert gc.get_freeze_count() >= frozen
+        await clock.advance(120.0)  # round 3: the whole heap
+        assert gone() is None
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
