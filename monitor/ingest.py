@@ -18,6 +18,7 @@ from aiohttp import web
 
 from monitor.clock import Clock
 from monitor.domain import LIFECYCLE_CODES, code_label
+from monitor.log import webhook_line
 from monitor.metrics import UNPARSED_CODE, Metrics
 from monitor.rutter import signature
 from monitor.store import DedupeRow, InboxItem, Store, StoreError
@@ -376,7 +377,7 @@ class WebhookEndpoint:
         self._counter(code_label(code), verdict).inc()
         if verdict is Verdict.ACCEPTED:
             self._metrics.last_webhook.set(item.received_at.timestamp())
-            log.info("webhook accepted", code=code, connection_id=connection_id)
+            webhook_line("webhook accepted", code, connection_id)
         else:
-            log.info("webhook duplicate", code=code, connection_id=connection_id)
+            webhook_line("webhook duplicate", code, connection_id)
         return web.Response(body=_ANSWERS[verdict], content_type="application/json")

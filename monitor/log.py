@@ -41,11 +41,43 @@ def render_json(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> 
     return _ENCODER.encode(event_dict)
 
 
+_STAMPER = Stamper()
 _SHARED: list[structlog.typing.Processor] = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_log_level,
-    Stamper(),
+    _STAMPER,
 ]
+# structlog's registry of bound context variables: while it is empty, merge_contextvars adds nothing to a line. If a
+# structlog release renames it, the fast path below is off (None), never wrong.
+_CONTEXT_VARS: dict[str, object] | None = getattr(structlog.contextvars, "_CONTEXT_VARS", None)
+
+
+class _Fast:
+    """The JSON chain that `configure` installed, and a writer to its file, for `webhook_line`."""
+
+    def __init__(self, chain: list[structlog.typing.Processor], out: structlog.WriteLogger) -> None:
+        self.chain = chain
+        self.out = out
+
+
+_fast: _Fast | None = None
+_log = structlog.get_logger()
+
+
+def webhook_line(event: str, code: str, connection_id: str | None) -> None:
+    """Log `event` at info with a webhook's code and connection id: the line of every webhook the endpoint answers.
+
+    Byte for byte what `log.info(event, code=..., connection_id=...)` writes under the JSON chain `configure` installs
+    (tests/test_log.py holds the two side by side), built and written directly: structlog's per-call path cost ~30 µs
+    more per webhook in the daemon under load, ~13% of its CPU a webhook (bench/README.md, sessions 6-7). Any other
+    chain (the console, a test's `capture_logs`, which swaps the chain in place), a level above info or a bound
+    context variable takes structlog's path."""
+    fast = _fast
+    if fast is None or fast.chain[-1] is not render_json or _CONTEXT_VARS:
+        _log.info(event, code=code, connection_id=connection_id)
+        return
+    line = {"code": code, "connection_id": connection_id, "event": event, "level": "info"}
+    fast.out.msg(_ENCODER.encode(_STAMPER(None, "info", line)))
 
 
 def configure(level: str = "info", *, json: bool | None = None) -> None:
@@ -55,12 +87,16 @@ def configure(level: str = "info", *, json: bool | None = None) -> None:
         json = not sys.stderr.isatty()
     renderer: structlog.typing.Processor = render_json if json else structlog.dev.ConsoleRenderer(colors=False)
     numeric = logging.getLevelNamesMapping()[level.upper()]
+    chain: list[structlog.typing.Processor] = [*_SHARED, structlog.processors.format_exc_info, renderer]
     structlog.configure(
-        processors=[*_SHARED, structlog.processors.format_exc_info, renderer],
+        processors=chain,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.WriteLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+    global _fast, _log
+    _fast = _Fast(chain, structlog.WriteLogger(sys.stderr)) if json and numeric <= logging.INFO else None
+    _log = structlog.get_logger()  # the fallback, bound to this configuration on its first use
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
