@@ -200,7 +200,11 @@ def _handle(s: ConnectionState, event: Event, now: datetime) -> _Step:
 
 
 def _on_webhook(s: ConnectionState, ev: WebhookReceived, now: datetime) -> _Step:
-    pending = tuple(p for p in s.pending_webhooks if p.code != ev.code)
+    pending = tuple(p for p in s.pending_webhooks if p.code != ev.code) if s.pending_webhooks else ()
+    code = ev.code
+    if ev.status is None and ev.details is None and (is_entity_code(code) or code == INCREMENTAL_SYNC_COMPLETED):
+        # Data flowed, and nothing else is known: the bulk of all webhooks, in one copy of the state, not two.
+        return _Step(replace(s, last_webhook_at=now, last_data_at=now, pending_webhooks=pending))
     s = replace(_with_details(s, ev.details), last_webhook_at=now, pending_webhooks=pending)
     status = ev.status
     target: LifecycleStage | None = None
@@ -208,7 +212,6 @@ def _on_webhook(s: ConnectionState, ev: WebhookReceived, now: datetime) -> _Step
         s = _with_status(s, status, now)
         target = stage_of(status)
     wants = False
-    code = ev.code
     if code in {INITIAL_UPDATE, HISTORICAL_UPDATE}:
         if code == HISTORICAL_UPDATE:  # a history batch: the connection is, or was, in historical_sync
             # unless a status contradicts it (still not ready): then nothing proves a batch finished
