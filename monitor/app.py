@@ -47,6 +47,11 @@ STATUS_FETCH_TIMEOUT = 0.5
 # 1-2 ms. p99 ack at 2,000 req/s went from 58-104 ms to 15-29 ms, and the backlog is worked off as fast (the
 # status budget bounds it, not the batch size; bench/ingest.py).
 PROCESS_BATCH = 10
+# Once the processor falls behind (rows a second old) batches double up to this: a batch of 10 entity webhooks cost
+# ~80-100 us of the loop's CPU per webhook, one of 80 ~30 (the per-batch read and transaction), so the inbox catches
+# up at 2-3x the pace. Larger saves hold the store longer, so acks wait more meanwhile: the batches stay at 10 while
+# the processor keeps up (bench/README.md, session 8).
+PROCESS_BATCH_MAX = 80
 ALERT_STOP_GRACE = 10.0  # seconds to finish the notification attempt in flight at shutdown
 LEADERSHIP_CHECK = 5.0  # seconds between leadership rounds: a standby takes over within this of the leader's death
 
@@ -113,6 +118,7 @@ class Daemon:
             self.rutter,
             fast_wait=STATUS_FETCH_TIMEOUT,
             batch_size=PROCESS_BATCH,
+            max_batch=PROCESS_BATCH_MAX,
             fetch_delay=self.limiter.delay,
         )
         self._alert_session = aiohttp.ClientSession()  # Slack and Alertmanager

@@ -45,6 +45,8 @@ class Processor:
         rutter: StatusSource | None,
         *,
         batch_size: int = 500,
+        max_batch: int | None = None,
+        catch_up_after: float = 1.0,
         fast_wait: float = 0.5,
         fetch_timeout: float = 10.0,
         fetch_concurrency: int = 8,
@@ -56,6 +58,8 @@ class Processor:
         self._clock = clock
         self._rutter = rutter
         self._batch_size = batch_size
+        self._max_batch = max(batch_size, max_batch or batch_size)
+        self._catch_up_after = catch_up_after
         self._fast_wait = fast_wait
         self._fetch_timeout = fetch_timeout
         self._fetch_slots = asyncio.Semaphore(fetch_concurrency)
@@ -82,11 +86,17 @@ class Processor:
             self._wake.clear()
 
     async def drain(self) -> int:
-        """Process every pending inbox row; return how many."""
+        """Process every pending inbox row; return how many.
+
+        While the processor keeps up, batches are `batch_size` rows: short transactions, which the webhook commits
+        queue behind in the store. Once it falls behind (a full read whose oldest row waited `catch_up_after`
+        seconds) they double, up to `max_batch`, until a read comes back short: the backlog is worked off with a
+        fraction of the per-batch cost (a read, a transaction), at some cost to the acks meanwhile."""
         total = 0
+        size = self._batch_size
         async with self._draining:
             while True:
-                rows = await self._recorder.store.unprocessed_inbox(self._batch_size)
+                rows = await self._recorder.store.unprocessed_inbox(size)
                 if not rows:
                     return total
                 try:
@@ -97,6 +107,13 @@ class Processor:
                     log.exception("inbox batch failed, retrying row by row", rows=len(rows))
                     await self._one_by_one(rows)
                 total += len(rows)
+                size = min(2 * size, self._max_batch) if self._behind(rows, size) else self._batch_size
+
+    def _behind(self, rows: Sequence[InboxRecord], size: int) -> bool:
+        if len(rows) < size:
+            return False
+        oldest = min(row.item.received_at for row in rows)
+        return (self._clock.now() - oldest).total_seconds() >= self._catch_up_after
 
     async def _one_by_one(self, rows: Sequence[InboxRecord]) -> None:
         """Isolate a poison event: one that fails alone is set aside (marked processed, logged with its id), so it

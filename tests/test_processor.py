@@ -7,6 +7,7 @@ import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -341,5 +342,46 @@ async def test_fetches_the_budget_can_send_in_time_all_go(tmp_path: Path) -> Non
         assert sorted(cid for cid, _ in rutter.asked) == ["off-1", "off-2"]
         assert deferred(metrics) == 0
         assert [fleet.get(cid).disabled_reason for cid in ("off-1", "off-2")] == ["SHOP_IS_LOCKED"] * 2  # type: ignore[union-attr]
+    finally:
+        await store.close()
+
+
+class ReadSpy:
+    """The store, with the size of each inbox read noted."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.limits: list[int] = []
+
+    async def unprocessed_inbox(self, limit: int) -> list[Any]:
+        self.limits.append(limit)
+        rows: list[Any] = await self._store.unprocessed_inbox(limit)
+        return rows
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+async def test_batches_grow_only_while_the_processor_is_behind(tmp_path: Path) -> None:
+    """Rows that waited a second or more are read in doubling batches up to the cap, until a read comes back short;
+    rows that arrive and are read at once stay in small batches, however many there are."""
+    clock = FakeClock(datetime(2026, 3, 1, tzinfo=UTC))
+    store = await open_store(f"sqlite+aiosqlite:///{tmp_path}/p.db", clock=clock)
+    try:
+        now = clock.now()
+        states = [known("busy", LifecycleStage.ONGOING, now)]
+        await store.save(states)
+        spy = ReadSpy(store)
+        recorder = Recorder(spy, Fleet(states), Metrics(CollectorRegistry()), LifecycleSettings())  # type: ignore[arg-type]
+        processor = Processor(recorder, clock, None, batch_size=10, max_batch=40, catch_up_after=1.0)
+        await store.insert_inbox([entity("busy", n, now) for n in range(100)])
+        assert await processor.drain() == 100  # fresh: read as soon as they came
+        assert spy.limits == [10] * 11
+        await store.insert_inbox([entity("busy", n, now) for n in range(100, 200)])
+        clock.set(now + timedelta(seconds=1))  # the same rows, a second late
+        spy.limits.clear()
+        assert await processor.drain() == 100
+        assert spy.limits == [10, 20, 40, 40, 10]  # 10 + 20 + 40 + 30, short: back to 10 for the last (empty) read
+        assert (await store.inbox_backlog())[0] == 0
     finally:
         await store.close()
