@@ -1,4 +1,5 @@
-"""Inbox -> lifecycle: takes acknowledged webhooks in order, fetches the status where a webhook needs it (Rutter's
+"""Inbox -> lifecycle: takes acknowledged webhooks in two lanes (lifecycle codes first, then the rest, each in arrival
+order: see SqlStore.unprocessed_inbox), fetches the status where a webhook needs it (Rutter's
 connection webhooks carry no reason, no readiness detail), and commits the result with the inbox rows marked
 processed in the same transaction, so an acknowledged event is processed exactly once, even across kill -9."""
 
