@@ -111,5 +111,6 @@ def configure(level: str = "info", *, json: bool | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.INFO))  # library debug chatter (and slack_sdk's URLs) stays out
-    for chatty in ("apscheduler", "alembic.runtime.migration"):  # a line per job run / per migration context
+    # a line per job run, per migration context, per autogenerate plugin (Alembic 1.16+ logs each at info)
+    for chatty in ("apscheduler", "alembic.runtime.migration", "alembic.runtime.plugins"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
