@@ -302,9 +302,14 @@ class Poller:
 def _newly_needs_action(state: ConnectionState | None, status: StatusSnapshot) -> bool:
     """Does this status move the connection into disabled or needs-update, with no store name known yet? One seen so
     at first sight (disabled before the monitor was installed) keeps the listing's name: fetching every such
-    store name cost 6% of an hour's requests at 10,000 connections (bench/economy.py)."""
+    store name cost 6% of an hour's requests at 10,000 connections (bench/economy.py). A disable known from its
+    webhook alone (its fetch deferred for want of budget, or timed out) has neither reason nor name yet: this
+    refresh is the one that brings them to its alert."""
     if state is not None and state.store_name is not None:
         return False
     if state is None:
         return status.is_disabled or status.needs_update
-    return (status.is_disabled and not state.is_disabled) or (status.needs_update and not state.needs_update)
+    webhook_only_disable = state.is_disabled and state.disabled_reason is None
+    return (status.is_disabled and (not state.is_disabled or webhook_only_disable)) or (
+        status.needs_update and not state.needs_update
+    )

@@ -184,6 +184,30 @@ async def test_disable_then_reconnect_records_the_reason_from_the_status_endpoin
         assert await r.sample(name, **base, from_health="disabled", to_health="healthy", reason="") == 1
 
 
+async def test_a_disable_whose_fetch_the_budget_defers_gets_reason_and_store_name_from_the_status_poll(
+    tmp_path: Path,
+) -> None:
+    """With the rate budget spent, a CONNECTION_DISABLED is recorded at once without its status (counted as a
+    deferred fetch); the next status refresh takes that connection first and brings the reason and the store name."""
+    async with rig(tmp_path, settings={"monitor_rate_limit": 1}) as r:
+        conn = r.sim.model.create("WOO_COMMERCE", store_name="Corner Shop")
+        r.sim.model.make_ready(conn.id, webhook=False)
+        await r.drive(r.daemon.poller.inventory())  # its list request fills the window of 1 per 10 s
+        r.sim.model.disable(conn.id, "SHOP_IS_LOCKED")
+        await r.deliver()
+        detail = await r.connection(conn.id)
+        assert detail["health"] == "disabled"
+        assert detail["disabled_reason"] is None
+        assert detail["store_name"] is None
+        assert await r.sample("rutter_monitor_status_fetches_deferred_total") == 1
+        assert await r.refresh() >= 1
+        detail = await r.connection(conn.id)
+        assert detail["disabled_reason"] == "SHOP_IS_LOCKED"
+        assert detail["store_name"] == "Corner Shop"
+        health = [(t["from"], t["to"]) for t in detail["transitions"] if t["dimension"] == "health"]
+        assert health == [("healthy", "disabled")]
+
+
 async def test_reconnect_then_identical_disable_counts_as_a_second_disable(tmp_path: Path) -> None:
     """Byte-identical disable bodies separated by a reconnect are two disables, not a duplicate."""
     async with rig(tmp_path) as r:
