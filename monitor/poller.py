@@ -302,14 +302,17 @@ class Poller:
 def _newly_needs_action(state: ConnectionState | None, status: StatusSnapshot) -> bool:
     """Does this status move the connection into disabled or needs-update, with no store name known yet? One seen so
     at first sight (disabled before the monitor was installed) keeps the listing's name: fetching every such
-    store name cost 6% of an hour's requests at 10,000 connections (bench/economy.py). A disable known from its
-    webhook alone (its fetch deferred for want of budget, or timed out) has neither reason nor name yet: this
-    refresh is the one that brings them to its alert."""
+    store name cost 6% of an hour's requests at 10,000 connections (bench/economy.py). A disable the monitor saw
+    happen from its webhook alone (the fetch deferred for want of budget, or timed out) has neither reason nor name
+    yet: this refresh is the one that brings them to its alert. (Disabled since first sight: health_since is
+    first_seen_at, and the rule above holds; counting those too cost 4% more requests in bench/economy.py.)"""
     if state is not None and state.store_name is not None:
         return False
     if state is None:
         return status.is_disabled or status.needs_update
-    webhook_only_disable = state.is_disabled and state.disabled_reason is None
+    webhook_only_disable = (
+        state.is_disabled and state.disabled_reason is None and state.health_since > state.first_seen_at
+    )
     return (status.is_disabled and (not state.is_disabled or webhook_only_disable)) or (
         status.needs_update and not state.needs_update
     )

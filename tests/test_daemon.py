@@ -193,6 +193,7 @@ async def test_a_disable_whose_fetch_the_budget_defers_gets_reason_and_store_nam
         conn = r.sim.model.create("WOO_COMMERCE", store_name="Corner Shop")
         r.sim.model.make_ready(conn.id, webhook=False)
         await r.drive(r.daemon.poller.inventory())  # its list request fills the window of 1 per 10 s
+        await r.clock.advance(1.0)  # healthy when first seen, disabled a second later
         r.sim.model.disable(conn.id, "SHOP_IS_LOCKED")
         await r.deliver()
         detail = await r.connection(conn.id)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from monitor.domain import ConnectionState, Health, LifecycleStage
-from monitor.poller import PollSettings, iter_due, most_due
+import pytest
+
+from monitor.domain import ConnectionState, Health, LifecycleStage, StatusSnapshot
+from monitor.poller import PollSettings, _newly_needs_action, iter_due, most_due
 from tests.states import connection_state
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -82,3 +84,35 @@ async def test_most_due_skips_ids_gone_since_the_snapshot() -> None:
     del by_id["c00000"]
     chosen, _ = await most_due(ids, by_id.get, set(), NOW, SETTINGS, limit=5)
     assert [s.id for s in chosen] == ["c00001", "c00002"]
+
+
+def disabled_status(cid: str) -> StatusSnapshot:
+    return StatusSnapshot(
+        connection_id=cid,
+        platform="SHOPIFY",
+        is_ready=True,
+        needs_update=False,
+        is_disabled=True,
+        historical_sync_completed=True,
+        disabled_reason="SHOP_IS_LOCKED",
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "fetch"),
+    [
+        ({}, True),  # healthy until this status: it becomes disabled now
+        ({"is_disabled": True, "health_since": NOW}, True),  # seen becoming disabled, from its webhook alone
+        ({"is_disabled": True}, False),  # disabled since first sight (the listing said so): keeps the listing's name
+        ({"is_disabled": True, "health_since": NOW, "disabled_reason": "SHOP_IS_LOCKED"}, False),  # its fetch came
+        ({"is_disabled": True, "health_since": NOW, "store_name": "Corner Shop"}, False),  # a name known already
+    ],
+)
+def test_a_refresh_fetches_the_store_name_of_a_disable_only_once_and_only_where_it_is_news(
+    changes: dict[str, object], fetch: bool
+) -> None:
+    """The store name an alert is named and routed by is fetched with the status that shows the disable first: a
+    disable the monitor saw only through its webhook counts, one disabled since first sight does not (bench/economy.py:
+    those were 4% of an hour's requests)."""
+    state = conn("c1", health=Health.DISABLED, **changes) if changes else conn("c1")
+    assert _newly_needs_action(state, disabled_status("c1")) is fetch
