@@ -44,8 +44,8 @@ log = structlog.get_logger()
 STATUS_FETCH_TIMEOUT = 0.5
 # Inbox rows per processor transaction. Each save rewrites its rows (2 KB bodies) to mark them processed, and the
 # inbox commits queued behind it in the SQLite worker wait for it: 100 rows held the worker 8-13 ms, 10 rows about
-# 1-2 ms. p99 ack at 2,000 req/s went from 58-104 ms to 15-29 ms, and the backlog is worked off as fast (the
-# status budget bounds it, not the batch size; bench/ingest.py).
+# 1-2 ms. p99 ack at 2,000 req/s went from 58-104 ms to 15-29 ms (session 4, while the status budget held the
+# processor back; bench/ingest.py).
 PROCESS_BATCH = 10
 # Once the processor falls behind (rows a second old) batches double up to this: a batch of 10 entity webhooks cost
 # ~80-100 us of the loop's CPU per webhook, one of 80 ~30 (the per-batch read and transaction), so the inbox catches

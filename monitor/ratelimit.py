@@ -81,6 +81,8 @@ class SlidingWindowLimiter:
         now = self._clock.now()
         self._expire(now)
         cap = self._cap(background)
+        if len(self._granted) + self._queued[background] + ahead < cap:
+            return 0.0  # room for all of them in the window as it is
         window = self.window
         granted = deque((at - now).total_seconds() for at in self._granted)  # seconds from now, oldest first
         t = 0.0
