@@ -69,7 +69,8 @@ def webhook_line(event: str, code: str, connection_id: str | None) -> None:
 
     Byte for byte what `log.info(event, code=..., connection_id=...)` writes under the JSON chain `configure` installs
     (tests/test_log.py holds the two side by side), built and written directly: structlog's per-call path cost ~30 µs
-    more per webhook in the daemon under load, ~13% of its CPU a webhook (bench/README.md, sessions 6-7). Any other
+    more per webhook in the daemon under load than the line itself (session 7's in-process A/B); writing it so took
+    the daemon's main thread from 248 to 235 µs a webhook in alternating runs (bench/README.md, session 8). Any other
     chain (the console, a test's `capture_logs`, which swaps the chain in place), a level above info or a bound
     context variable takes structlog's path."""
     fast = _fast
