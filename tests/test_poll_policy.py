@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from monitor.domain import ConnectionState, Health, LifecycleStage, StatusSnapshot
+from monitor.domain import ConnectionState, Health, LifecycleStage
 from monitor.poller import PollSettings, _newly_needs_action, iter_due, most_due
-from tests.states import connection_state
+from tests.states import connection_state, status_snapshot
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 SETTINGS = PollSettings(inventory_interval=timedelta(minutes=5), status_interval=timedelta(hours=1), rate_limit=100)
@@ -86,18 +86,6 @@ async def test_most_due_skips_ids_gone_since_the_snapshot() -> None:
     assert [s.id for s in chosen] == ["c00001", "c00002"]
 
 
-def disabled_status(cid: str) -> StatusSnapshot:
-    return StatusSnapshot(
-        connection_id=cid,
-        platform="SHOPIFY",
-        is_ready=True,
-        needs_update=False,
-        is_disabled=True,
-        historical_sync_completed=True,
-        disabled_reason="SHOP_IS_LOCKED",
-    )
-
-
 @pytest.mark.parametrize(
     ("changes", "fetch"),
     [
@@ -115,4 +103,5 @@ def test_a_refresh_fetches_the_store_name_of_a_disable_only_once_and_only_where_
     disable the monitor saw only through its webhook counts, one disabled since first sight does not (bench/economy.py:
     those were 4% of an hour's requests)."""
     state = conn("c1", health=Health.DISABLED, **changes) if changes else conn("c1")
-    assert _newly_needs_action(state, disabled_status("c1")) is fetch
+    status = status_snapshot("c1", is_disabled=True, disabled_reason="SHOP_IS_LOCKED")
+    assert _newly_needs_action(state, status) is fetch

@@ -22,6 +22,7 @@ from monitor.processor import Processor
 from monitor.recorder import Recorder
 from monitor.store import InboxItem
 from monitor.store.sql import SqlStore, open_store
+from tests.states import status_snapshot
 
 
 @dataclasses.dataclass
@@ -58,15 +59,7 @@ class FlakyRutter:
     async def fetch_status(self, access_token: str) -> StatusSnapshot:
         if access_token == f"token-{self.broken}":
             raise RuntimeError("a bug in the client")
-        cid = access_token.removeprefix("token-")
-        return StatusSnapshot(
-            connection_id=cid,
-            platform="SHOPIFY",
-            is_ready=True,
-            needs_update=False,
-            is_disabled=False,
-            historical_sync_completed=True,
-        )
+        return status_snapshot(access_token.removeprefix("token-"))
 
     async def fetch_connection(self, access_token: str) -> ConnectionDetails:
         cid = access_token.removeprefix("token-")
@@ -132,15 +125,8 @@ def known(cid: str, stage: LifecycleStage, now: datetime) -> ConnectionState:
 
 
 def status(cid: str, *, ready: bool, disabled: bool = False) -> StatusSnapshot:
-    return StatusSnapshot(
-        connection_id=cid,
-        platform="XERO",
-        is_ready=ready,
-        needs_update=False,
-        is_disabled=disabled,
-        historical_sync_completed=True,
-        disabled_reason="SHOP_IS_LOCKED" if disabled else None,
-    )
+    reason = "SHOP_IS_LOCKED" if disabled else None
+    return status_snapshot(cid, platform="XERO", is_ready=ready, is_disabled=disabled, disabled_reason=reason)
 
 
 async def test_a_slow_status_holds_back_a_stage_change_but_not_a_disable(world: World) -> None:
